@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from companion.data import make_linear_regression
+
+
+def test_linear_regression_shapes_fit_nn_linear_and_mse():
+    X, y, w = make_linear_regression(50, 3, noise=0.1, seed=0)
+    assert X.shape == (50, 3) and y.shape == (50, 1) and w.shape == (3,)
+    assert X.dtype == y.dtype == w.dtype == torch.float32
+
+
+def test_noiseless_targets_are_exactly_linear_in_the_true_weights():
+    X, y, w = make_linear_regression(20, 4, noise=0.0, seed=3)
+    torch.testing.assert_close(y.squeeze(1), X @ w)
+
+
+def test_noise_has_the_requested_standard_deviation():
+    X, y, w = make_linear_regression(20_000, 2, noise=0.5, seed=1)
+    residual = y.squeeze(1) - X @ w
+    assert abs(residual.std().item() - 0.5) < 0.02
+
+
+def test_same_seed_same_data_and_global_rng_untouched():
+    torch.manual_seed(0)
+    expected_next = torch.rand(1)
+    torch.manual_seed(0)
+    a = make_linear_regression(10, 2, seed=5)
+    b = make_linear_regression(10, 2, seed=5)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert torch.equal(torch.rand(1), expected_next)
+    c = make_linear_regression(10, 2, seed=6)
+    assert not torch.equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("n, d", [(0, 3), (-5, 3), (10, 0)])
+def test_non_positive_sizes_are_rejected(n, d):
+    with pytest.raises(ValueError, match="must be a positive number"):
+        make_linear_regression(n, d)
+
+
+@pytest.mark.parametrize("noise", [-0.1, math.nan])
+def test_negative_or_nan_noise_is_rejected_with_what_to_pass(noise):
+    with pytest.raises(ValueError, match="pass 0 for exact targets"):
+        make_linear_regression(10, 2, noise=noise)
+
+
+def test_float_size_is_a_type_error():
+    with pytest.raises(TypeError, match="n must be an int"):
+        make_linear_regression(10.0, 2)
