@@ -34,3 +34,37 @@ def make_linear_regression(
     w = torch.randn(d, generator=g)
     y = X @ w + noise * torch.randn(n, generator=g)
     return X, y.unsqueeze(1), w
+
+
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+
+
+def digits_splits(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's bundled handwritten digits, split into train, val and test.
+
+    The 1,797 images are 8x8 pixels of 16 grey levels (0..16), scaled here to 8-bit grey
+    ``round(v * 255 / 16)`` as an image file would hold them. The split is stratified by class
+    (every digit in the same proportion in each part) with fractions 70/15/15, and
+    deterministic for a given ``seed``.
+
+    Returns:
+        ``{"train": (images, labels), "val": ..., "test": ...}``: images ``uint8`` of shape
+        ``(n, 8, 8)``, labels ``int64`` of shape ``(n,)``.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).mul(255 / 16).round().to(torch.uint8)
+    labels = torch.from_numpy(digits.target).long()
+    index = torch.arange(len(labels)).numpy()
+    rest_frac = SPLIT_FRACTIONS[1] + SPLIT_FRACTIONS[2]
+    train_idx, rest_idx = train_test_split(index, test_size=rest_frac, stratify=labels.numpy(), random_state=seed)
+    val_idx, test_idx = train_test_split(
+        rest_idx, test_size=SPLIT_FRACTIONS[2] / rest_frac, stratify=labels[rest_idx].numpy(), random_state=seed
+    )
+    return {
+        name: (images[torch.from_numpy(idx)], labels[torch.from_numpy(idx)])
+        for name, idx in zip(SPLITS, (train_idx, val_idx, test_idx))
+    }

@@ -50,3 +50,34 @@ def test_negative_or_nan_noise_is_rejected_with_what_to_pass(noise):
 def test_float_size_is_a_type_error():
     with pytest.raises(TypeError, match="n must be an int"):
         make_linear_regression(10.0, 2)
+
+
+def test_digits_splits_are_disjoint_stratified_and_cover_all_images():
+    from companion.data import digits_splits
+
+    splits = digits_splits(seed=0)
+    sizes = {k: len(v[1]) for k, v in splits.items()}
+    assert sum(sizes.values()) == 1797
+    assert abs(sizes["train"] / 1797 - 0.70) < 0.01 and abs(sizes["test"] / 1797 - 0.15) < 0.01
+    for images, labels in splits.values():
+        assert images.dtype == torch.uint8 and images.shape[1:] == (8, 8) and int(images.max()) == 255
+        counts = torch.bincount(labels, minlength=10).float()
+        assert (counts / counts.sum() - 0.1).abs().max() < 0.02  # each class about a tenth
+    # together the three parts are exactly the dataset: no image lost, none in two parts
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    every = sorted(tuple(img.flatten().tolist()) + (int(lab),) for v in splits.values() for img, lab in zip(*v))
+    expected = sorted(
+        tuple(torch.from_numpy(img).mul(255 / 16).round().to(torch.uint8).flatten().tolist()) + (int(lab),)
+        for img, lab in zip(digits.images, digits.target)
+    )
+    assert every == expected
+
+
+def test_digits_splits_are_deterministic_per_seed():
+    from companion.data import digits_splits
+
+    a, b, c = digits_splits(0), digits_splits(0), digits_splits(1)
+    assert torch.equal(a["test"][1], b["test"][1]) and torch.equal(a["test"][0], b["test"][0])
+    assert not torch.equal(a["test"][1], c["test"][1])
