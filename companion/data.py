@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def make_linear_regression(
-    n: int, d: int, noise: float = 0.1, seed: int = 0
+    n: int, d: int, noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A linear regression problem with known answer.
 
@@ -40,8 +40,10 @@ def make_linear_regression(
 
     Returns:
         ``(X, y, w)``: features ``(n, d)``, targets ``(n, 1)`` and the true weights ``(d,)``,
-        all ``float32``.
+        all of ``dtype`` (``float32`` unless you ask for another, whatever the default dtype).
     """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}; pass e.g. torch.float64")
     for name, value in (("n", n), ("d", d)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -50,9 +52,9 @@ def make_linear_regression(
     if not noise >= 0:  # also catches NaN
         raise ValueError(f"noise is a standard deviation and must be >= 0, got {noise}; pass 0 for exact targets")
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=g)
-    w = torch.randn(d, generator=g)
-    y = X @ w + noise * torch.randn(n, generator=g)
+    X = torch.randn(n, d, generator=g, dtype=dtype)
+    w = torch.randn(d, generator=g, dtype=dtype)
+    y = X @ w + noise * torch.randn(n, generator=g, dtype=dtype)
     return X, y.unsqueeze(1), w
 
 

@@ -12,6 +12,21 @@ def test_linear_regression_shapes_fit_nn_linear_and_mse():
     assert X.dtype == y.dtype == w.dtype == torch.float32
 
 
+def test_dtype_is_float32_whatever_the_default_unless_asked():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert make_linear_regression(5, 2)[0].dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
+    assert all(t.dtype == torch.float64 for t in make_linear_regression(5, 2, dtype=torch.float64))
+
+
+def test_integer_dtype_is_rejected_with_what_to_pass():
+    with pytest.raises(TypeError, match="pass e.g. torch.float64"):
+        make_linear_regression(5, 2, dtype=torch.int64)
+
+
 def test_noiseless_targets_are_exactly_linear_in_the_true_weights():
     X, y, w = make_linear_regression(20, 4, noise=0.0, seed=3)
     torch.testing.assert_close(y.squeeze(1), X @ w)
