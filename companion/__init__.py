@@ -7,6 +7,7 @@ The two helpers every chapter starts with are importable from the top level.
 
 from companion.device import default_device
 from companion.seeding import seed_everything
+from companion.train import History, evaluate, fit
 
-__all__ = ["default_device", "seed_everything"]
+__all__ = ["History", "default_device", "evaluate", "fit", "seed_everything"]
 __version__ = "0.1.0"
