@@ -59,16 +59,20 @@ def assert_same_params(a, b):
 # --- fit is the hand-written loop ---------------------------------------------------------------
 
 
+def train_one_epoch_by_hand(model, train, loss_fn, opt, sched):
+    model.train()
+    for x, y in train:
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
 def test_fit_gives_the_same_weights_as_the_hand_written_loop_bit_for_bit():
     model, train, val, loss_fn, opt, sched = setup(epochs=3)
     for _ in range(3):
-        model.train()
-        for x, y in train:
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+        train_one_epoch_by_hand(model, train, loss_fn, opt, sched)
         model.eval()
         with torch.inference_mode():
             for x, y in val:  # iterating a DataLoader draws its base seed from the global generator
@@ -442,13 +446,7 @@ def test_without_restoring_the_random_generators_the_resumed_run_differs(tmp_pat
     start, history = load_checkpoint(path, model=model, optimizer=opt, scheduler=sched, restore_rng=False)
     assert start == 2 and len(history) == 2
     for _ in range(start, epochs):
-        model.train()
-        for x, y in train:
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+        train_one_epoch_by_hand(model, train, loss_fn, opt, sched)
     assert not all(torch.equal(p, q) for p, q in zip(params(model), uninterrupted))
 
 
