@@ -53,8 +53,14 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value}; pass a positive threshold such as {name}=1.0")
 
 
-def _check_same_shape(pred: torch.Tensor, target: torch.Tensor) -> None:
-    """Refuse what ``torch.nn`` would broadcast: a regression loss compares element with element."""
+def check_same_shape(pred: torch.Tensor, target: torch.Tensor) -> None:
+    """Refuse what ``torch.nn`` would broadcast: an element-wise loss compares element with element.
+
+    ``pred`` of shape ``(n, 1)`` against ``target`` of shape ``(n,)`` broadcasts to ``(n, n)``: every
+    prediction compared with every target, a silent bug that ``nn.MSELoss`` only warns about. The
+    ``ValueError`` names both shapes and the fix that fits them. ``companion.fit`` checks a model's
+    output against float targets with this same function.
+    """
     if pred.shape == target.shape:
         return
     p, t = tuple(pred.shape), tuple(target.shape)
@@ -62,8 +68,10 @@ def _check_same_shape(pred: torch.Tensor, target: torch.Tensor) -> None:
         hint = "squeeze the prediction (pred.squeeze(-1)) or unsqueeze the target (target.unsqueeze(-1))"
     elif t == p + (1,):
         hint = "squeeze the target (target.squeeze(-1)) or unsqueeze the prediction (pred.unsqueeze(-1))"
+    elif pred.numel() == target.numel():
+        hint = "reshape one like the other (pred.view_as(target) or target.view_as(pred))"
     else:
-        hint = "pass a target with the same shape as the prediction"
+        hint = f"pass a target with the same shape as the prediction, or make the model return one value per target, shape {t}"
     try:
         broadcast = f"; torch.nn would broadcast them to {tuple(torch.broadcast_shapes(p, t))} and compare every pair"
     except RuntimeError:
@@ -106,7 +114,7 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") 
     .. math:: \ell_i = (\hat y_i - y_i)^2
     """
     _check_reduction(reduction)
-    _check_same_shape(pred, target)
+    check_same_shape(pred, target)
     return _reduce((pred - target) ** 2, reduction)
 
 
@@ -116,7 +124,7 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -
     .. math:: \ell_i = |\hat y_i - y_i|
     """
     _check_reduction(reduction)
-    _check_same_shape(pred, target)
+    check_same_shape(pred, target)
     return _reduce((pred - target).abs(), reduction)
 
 
@@ -132,7 +140,7 @@ def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0, 
     """
     _check_reduction(reduction)
     _check_positive("beta", beta)
-    _check_same_shape(pred, target)
+    check_same_shape(pred, target)
     d = (pred - target).abs()
     return _reduce(torch.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta), reduction)
 
@@ -149,7 +157,7 @@ def huber_loss(pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0, red
     """
     _check_reduction(reduction)
     _check_positive("delta", delta)
-    _check_same_shape(pred, target)
+    check_same_shape(pred, target)
     d = (pred - target).abs()
     return _reduce(torch.where(d <= delta, 0.5 * d**2, delta * (d - 0.5 * delta)), reduction)
 
@@ -216,7 +224,7 @@ def hinge_embedding_loss(
     _check_reduction(reduction)
     if not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number, got {margin}; pass e.g. margin=1.0")
-    _check_same_shape(x, target)
+    check_same_shape(x, target)
     if not bool(((target == 1) | (target == -1)).all()):
         raise ValueError("target must hold only +1 (similar) and -1 (dissimilar); map 0/1 labels with 2 * target - 1")
     return _reduce(torch.where(target == 1, x, (margin - x).clamp(min=0)), reduction)

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, runtime_chec
 import torch
 from torch import nn
 
+from companion.losses import check_same_shape
+
 with warnings.catch_warnings():
     # Without ipywidgets, tqdm.auto warns once and falls back to the text bar on stderr, which is
     # what we want in a notebook anyway: silence that one import-time warning.
@@ -197,23 +199,7 @@ def check_output_fits(output: Any, target: Any) -> None:
             f"{tgt[0]} targets. Return one output per sample (the batch is the first dimension)."
         )
     if target.is_floating_point() or target.is_complex():
-        if out != tgt:
-            try:
-                spread = f"would broadcast them to {tuple(torch.broadcast_shapes(out, tgt))} and compare every prediction with every target"
-            except RuntimeError:
-                spread = "cannot compare them element by element"
-            if out == tgt + (1,):
-                fix = "squeeze the output (output.squeeze(-1)) or give the targets a last dimension of 1 (targets.unsqueeze(-1))"
-            elif tgt == out + (1,):
-                fix = "unsqueeze the output (output.unsqueeze(-1)) or squeeze the targets (targets.squeeze(-1))"
-            elif output.numel() == target.numel():
-                fix = "reshape one like the other (output.view_as(targets) or targets.view_as(output))"
-            else:
-                fix = f"the model must return one value per target, shape {tgt}"
-            raise ValueError(
-                f"the model output has shape {out} but the targets have shape {tgt}: an element-wise loss {spread}. "
-                f"Make them the same shape: {fix}."
-            )
+        check_same_shape(output, target)
         return
     if target.dtype == torch.bool:
         return

@@ -242,7 +242,7 @@ def test_output_n_by_1_against_targets_n_raises_naming_both_shapes():
     X, y, _ = make_linear_regression(32, 3)
     loader = DataLoader(TensorDataset(X, y.squeeze(1)), batch_size=8)  # targets (8,), output (8, 1)
     model = nn.Linear(3, 1)
-    with pytest.raises(ValueError, match=re.escape("output has shape (8, 1) but the targets have shape (8,)")) as info:
+    with pytest.raises(ValueError, match=re.escape("prediction of shape (8, 1) and target of shape (8,) differ")) as info:
         fit(model, loader, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
     assert "broadcast them to (8, 8)" in str(info.value) and "squeeze" in str(info.value)
 
@@ -255,8 +255,8 @@ def test_logits_with_too_few_classes_raise_naming_the_largest_label():
 
 
 @pytest.mark.parametrize("out, tgt, fix", [
-    ((4, 1), (4,), "output.squeeze(-1)"),
-    ((4,), (4, 1), "targets.squeeze(-1)"),
+    ((4, 1), (4,), "pred.squeeze(-1)"),
+    ((4,), (4, 1), "target.squeeze(-1)"),
     ((2, 4), (2, 2, 2), "view_as"),
     ((4, 3), (4,), "one value per target, shape (4,)"),
 ])
