@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import companion
-from companion.data import digits_splits
+from companion.datasets import digits_splits
 
 
 def data() -> dict[str, TensorDataset]:
@@ -42,17 +42,29 @@ def data() -> dict[str, TensorDataset]:
 
 def make_model() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.2), nn.Linear(64 * 2 * 2, 10),
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(64 * 2 * 2, 10),
     )
 
 
 def setup(datasets, epochs):
     companion.seed_everything(0)
     model = make_model()
-    train = DataLoader(datasets["train"], batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    train = DataLoader(
+        datasets["train"], batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     val = DataLoader(datasets["val"], batch_size=270)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=epochs * len(train))
@@ -62,7 +74,9 @@ def setup(datasets, epochs):
 def run_fit(datasets, epochs):
     model, train, val, loss_fn, optimizer, scheduler = setup(datasets, epochs)
     start = time.perf_counter()
-    companion.fit(model, train, loss_fn, optimizer, epochs, val_loader=val, scheduler=scheduler, progress=False)
+    companion.fit(
+        model, train, loss_fn, optimizer, epochs, val_loader=val, scheduler=scheduler, progress=False
+    )
     return time.perf_counter() - start, model
 
 
@@ -70,7 +84,7 @@ def run_hand(datasets, epochs):
     model, train, val, loss_fn, optimizer, scheduler = setup(datasets, epochs)
     start = time.perf_counter()
     history = []
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()
         total, count = 0.0, 0
         for x, y in train:
@@ -101,7 +115,9 @@ def import_lightning():
         except ImportError:
             continue
         except Exception as error:  # installed but broken (e.g. a version clash): say so, compare without it
-            print(f"{name} is installed but could not be imported ({type(error).__name__}: {error}); skipping it")
+            print(
+                f"{name} is installed but could not be imported ({type(error).__name__}: {error}); skipping it"
+            )
             continue
         for logger in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric"):
             logging.getLogger(logger).setLevel(logging.WARNING)  # no "GPU available: False" banner per run
@@ -131,8 +147,16 @@ def run_lightning(datasets, epochs, L):  # noqa: N803
             return {"optimizer": self.opt, "lr_scheduler": {"scheduler": self.sched, "interval": "step"}}
 
     model, train, val, loss_fn, optimizer, scheduler = setup(datasets, epochs)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     start = time.perf_counter()
     trainer.fit(Module(model, loss_fn, optimizer, scheduler), train, val)
     return time.perf_counter() - start, model
@@ -148,8 +172,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     datasets = data()
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}; "
-          f"{len(datasets['train'])} digits, CNN, {args.epochs} epochs, {args.repeats} interleaved repetitions")
+    print(
+        f"torch {torch.__version__}, {threads} threads, {platform.processor() or platform.machine()}; "
+        f"{len(datasets['train'])} digits, CNN, {args.epochs} epochs, {args.repeats} interleaved repetitions"
+    )
 
     lightning = import_lightning()
     has_lightning = lightning is not None
@@ -180,16 +206,20 @@ def main() -> None:
         print(f"Lightning Trainer / hand-written loop: median ratio {lightning_ratio:.3f}")
     else:
         print("Lightning Trainer / hand-written loop: not installed (pip install lightning to compare)")
-    print(json.dumps({
-        "benchmark": "fit_overhead",
-        "median_seconds": {k: round(v, 4) for k, v in median.items()},
-        "ratio_fit_over_hand": round(ratio, 4),
-        "ratio_lightning_over_hand": None if lightning_ratio is None else round(lightning_ratio, 4),
-        "repeats": args.repeats,
-        "epochs": args.epochs,
-        "torch": torch.__version__,
-        "threads": threads,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "fit_overhead",
+                "median_seconds": {k: round(v, 4) for k, v in median.items()},
+                "ratio_fit_over_hand": round(ratio, 4),
+                "ratio_lightning_over_hand": None if lightning_ratio is None else round(lightning_ratio, 4),
+                "repeats": args.repeats,
+                "epochs": args.epochs,
+                "torch": torch.__version__,
+                "threads": threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,16 +49,33 @@ class EarlyStopping:
     the best epoch, not the last: model selection on the validation split.
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, *, mode: Literal["min", "max"] | None = None,
-                 min_delta: float = 0.0, restore_best: bool = True):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 5,
+        *,
+        mode: Literal["min", "max"] | None = None,
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+    ):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be a positive int (epochs without improvement before stopping), got {patience!r}")
+            raise ValueError(
+                f"patience must be a positive int (epochs without improvement before stopping), got {patience!r}"
+            )
         mode = mode or ("max" if "acc" in monitor else "min")
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' (lower is better, losses) or 'max' (accuracies), got {mode!r}")
+            raise ValueError(
+                f"mode must be 'min' (lower is better, losses) or 'max' (accuracies), got {mode!r}"
+            )
         if not min_delta >= 0:
             raise ValueError(f"min_delta must be >= 0, got {min_delta}; pass 0 to count any improvement")
-        self.monitor, self.patience, self.mode, self.min_delta, self.restore_best = monitor, patience, mode, min_delta, restore_best
+        self.monitor, self.patience, self.mode, self.min_delta, self.restore_best = (
+            monitor,
+            patience,
+            mode,
+            min_delta,
+            restore_best,
+        )
         self.best, self.best_epoch, self.wait, self.stopped_epoch = math.nan, 0, 0, 0
         self.best_weights: dict[str, torch.Tensor] | None = None
 
@@ -67,13 +84,17 @@ class EarlyStopping:
             return False
         if math.isnan(self.best):
             return True
-        return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        return (
+            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        )
 
     def on_epoch_end(self, epoch: int, history: History, state: FitState) -> bool:
         row = history.rows[-1]
         if self.monitor not in row:
-            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not record; it records "
-                             f"{[k for k in row if k != 'epoch']}: pass val_loader to fit, or monitor one of those")
+            raise ValueError(
+                f"EarlyStopping monitors {self.monitor!r}, which this fit does not record; it records "
+                f"{[k for k in row if k != 'epoch']}: pass val_loader to fit, or monitor one of those"
+            )
         value = float(row[self.monitor])
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
@@ -87,12 +108,22 @@ class EarlyStopping:
         return False
 
     def on_fit_end(self, history: History, state: FitState) -> None:
-        if self.restore_best and self.best_weights is not None and self.best_epoch != len(history) and history.rows:
+        if (
+            self.restore_best
+            and self.best_weights is not None
+            and self.best_epoch != len(history)
+            and history.rows
+        ):
             state.model.load_state_dict(self.best_weights)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
-                "stopped_epoch": self.stopped_epoch, "best_weights": self.best_weights}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best_weights": self.best_weights,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
@@ -117,9 +148,16 @@ class Checkpoint:
 
     def on_epoch_end(self, epoch: int, history: History, state: FitState) -> bool:
         if epoch % self.every == 0 or epoch == state.epochs:
-            save_checkpoint(self.path, model=state.model, optimizer=state.optimizer, scheduler=state.scheduler,
-                            epoch=epoch, history=history, train_loader=state.train_loader,
-                            callbacks=[c for c in state.callbacks if c is not self])
+            save_checkpoint(
+                self.path,
+                model=state.model,
+                optimizer=state.optimizer,
+                scheduler=state.scheduler,
+                epoch=epoch,
+                history=history,
+                train_loader=state.train_loader,
+                callbacks=[c for c in state.callbacks if c is not self],
+            )
         return False
 
     def __repr__(self) -> str:
@@ -145,8 +183,13 @@ def rng_state(train_loader: Any = None) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": random.getstate(),
-        "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                                        "pos": int(np_state["state"]["pos"])}},
+        "numpy": {
+            **np_state,
+            "state": {
+                "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                "pos": int(np_state["state"]["pos"]),
+            },
+        },
         "loader": [g.get_state() for g in _loader_generators(train_loader)],
     }
 
@@ -154,14 +197,18 @@ def rng_state(train_loader: Any = None) -> dict[str, Any]:
 def _check_rng_state(state: dict[str, Any], train_loader: Any) -> list[torch.Generator]:
     """The loader's generators, after checking that ``state`` can be restored into this process."""
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) != torch.cuda.device_count():
-        raise ValueError(f"the checkpoint holds the RNG state of {len(state['cuda'])} CUDA devices but this machine has "
-                         f"{torch.cuda.device_count()}: resume on as many devices, or load the weights alone "
-                         "(load_checkpoint(..., restore_rng=False))")
+        raise ValueError(
+            f"the checkpoint holds the RNG state of {len(state['cuda'])} CUDA devices but this machine has "
+            f"{torch.cuda.device_count()}: resume on as many devices, or load the weights alone "
+            "(load_checkpoint(..., restore_rng=False))"
+        )
     generators = _loader_generators(train_loader)
     if len(generators) != len(state["loader"]):
-        raise ValueError(f"the checkpoint holds {len(state['loader'])} DataLoader generator state(s) but train_loader has "
-                         f"{len(generators)} generator(s): resume with a loader built the same way "
-                         "(DataLoader(..., generator=torch.Generator()) if it had one)")
+        raise ValueError(
+            f"the checkpoint holds {len(state['loader'])} DataLoader generator state(s) but train_loader has "
+            f"{len(generators)} generator(s): resume with a loader built the same way "
+            "(DataLoader(..., generator=torch.Generator()) if it had one)"
+        )
     return generators
 
 
@@ -174,8 +221,15 @@ def set_rng_state(state: dict[str, Any], train_loader: Any = None) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_state = state["numpy"]
-    np.random.set_state({**np_state, "state": {"key": np_state["state"]["key"].numpy().astype(np.uint32),
-                                               "pos": np_state["state"]["pos"]}})
+    np.random.set_state(
+        {
+            **np_state,
+            "state": {
+                "key": np_state["state"]["key"].numpy().astype(np.uint32),
+                "pos": np_state["state"]["pos"],
+            },
+        }
+    )
     for g, saved in zip(generators, state["loader"]):
         g.set_state(saved)
 
@@ -197,9 +251,17 @@ def _atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, epoch: int = 0, history: History | None = None,
-                    train_loader: Iterable | None = None, callbacks: Sequence[Any] = ()) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    epoch: int = 0,
+    history: History | None = None,
+    train_loader: Iterable | None = None,
+    callbacks: Sequence[Any] = (),
+) -> Path:
     """Write everything a resumed :func:`companion.train.fit` needs to ``path``, atomically. Returns the path."""
     state = {
         "format": FORMAT,
@@ -216,9 +278,16 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    scheduler: Any = None, train_loader: Iterable | None = None, callbacks: Sequence[Any] | None = None,
-                    restore_rng: bool = True) -> tuple[int, History]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    train_loader: Iterable | None = None,
+    callbacks: Sequence[Any] | None = None,
+    restore_rng: bool = True,
+) -> tuple[int, History]:
     """Load a checkpoint into ``model`` (and whichever of the others are given); return ``(epoch, history)``.
 
     ``callbacks``: the callbacks of the run being resumed, the same as when it was saved; their
@@ -242,8 +311,10 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
     stateful = [c for c in callbacks if hasattr(c, "load_state_dict")] if callbacks is not None else []
     saved = [s for s in state["callbacks"] if s is not None] if callbacks is not None else []
     if len(stateful) != len(saved):
-        raise ValueError(f"the checkpoint holds the state of {len(saved)} callback(s) with state but {len(stateful)} "
-                         "were given: resume with the same callbacks in the same order")
+        raise ValueError(
+            f"the checkpoint holds the state of {len(saved)} callback(s) with state but {len(stateful)} "
+            "were given: resume with the same callbacks in the same order"
+        )
     if restore_rng:
         _check_rng_state(state["rng"], train_loader)
 

@@ -8,7 +8,7 @@ The model is :math:`\\hat y = Xw + b` and the loss the article's formula with it
 Shapes, the same in every function:
 
 - ``X``: ``(n, d)``, one row per sample, floating point;
-- ``y``: ``(n,)``, or ``(n, 1)`` as :func:`companion.data.make_linear_regression` and ``nn.Linear``
+- ``y``: ``(n,)``, or ``(n, 1)`` as :func:`companion.datasets.make_linear_regression` and ``nn.Linear``
   produce it. An ``(n, 1)`` target is flattened explicitly, because ``(n, 1) - (n,)`` would
   silently broadcast to ``(n, n)``; any other shape is refused;
 - ``w``: ``(d,)`` (``nn.Linear(d, 1).weight`` is ``(1, d)``: pass ``weight.squeeze(0)``);
@@ -48,7 +48,9 @@ Scalar = float | torch.Tensor
 
 def _check_X(X: torch.Tensor) -> torch.Tensor:
     if not isinstance(X, torch.Tensor):
-        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}; pass torch.as_tensor(X, dtype=torch.float64)")
+        raise TypeError(
+            f"X must be a torch.Tensor, got {type(X).__name__}; pass torch.as_tensor(X, dtype=torch.float64)"
+        )
     if not X.is_floating_point():
         raise TypeError(f"X must be floating point, got {X.dtype}; pass X.double() (or X.float())")
     if X.dim() != 2 or X.shape[0] == 0 or X.shape[1] == 0:
@@ -63,7 +65,9 @@ def _check_Xy(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """``X`` ``(n, d)`` and ``y`` ``(n,)`` or ``(n, 1)``; returns ``y`` flattened to ``(n,)``."""
     X = _check_X(X)
     if not isinstance(y, torch.Tensor):
-        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}; pass torch.as_tensor(y, dtype=X.dtype)")
+        raise TypeError(
+            f"y must be a torch.Tensor, got {type(y).__name__}; pass torch.as_tensor(y, dtype=X.dtype)"
+        )
     n = X.shape[0]
     if tuple(y.shape) not in ((n,), (n, 1)):
         raise ValueError(
@@ -79,7 +83,9 @@ def _check_wb(X: torch.Tensor, w: torch.Tensor, b: Scalar) -> tuple[torch.Tensor
     """``w`` ``(d,)`` in ``X``'s dtype and ``b`` a scalar; returns ``b`` as a 0-dim tensor."""
     d = X.shape[1]
     if not isinstance(w, torch.Tensor):
-        raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}; pass torch.zeros({d}, dtype=X.dtype)")
+        raise TypeError(
+            f"w must be a torch.Tensor, got {type(w).__name__}; pass torch.zeros({d}, dtype=X.dtype)"
+        )
     if tuple(w.shape) != (d,):
         raise ValueError(
             f"X has shape {tuple(X.shape)} but w has shape {tuple(w.shape)}: pass one weight per column of X, "
@@ -89,12 +95,16 @@ def _check_wb(X: torch.Tensor, w: torch.Tensor, b: Scalar) -> tuple[torch.Tensor
         raise TypeError(f"X is {X.dtype} but w is {w.dtype}; pass both in one dtype, e.g. w.to(X.dtype)")
     if isinstance(b, torch.Tensor):
         if b.numel() != 1:
-            raise ValueError(f"b must be a scalar, got a tensor of shape {tuple(b.shape)}; pass a float or a one-element tensor")
+            raise ValueError(
+                f"b must be a scalar, got a tensor of shape {tuple(b.shape)}; pass a float or a one-element tensor"
+            )
         if b.dtype != X.dtype:
             raise TypeError(f"X is {X.dtype} but b is {b.dtype}; pass both in one dtype, e.g. b.to(X.dtype)")
         return w, b.reshape(())
     if isinstance(b, bool) or not isinstance(b, (int, float)):
-        raise TypeError(f"b must be a number or a one-element tensor, got {type(b).__name__}; pass e.g. b=0.0")
+        raise TypeError(
+            f"b must be a number or a one-element tensor, got {type(b).__name__}; pass e.g. b=0.0"
+        )
     return w, torch.tensor(float(b), dtype=X.dtype, device=X.device)
 
 
@@ -110,9 +120,13 @@ def _check_lr(lr: float, X: torch.Tensor, bias: bool) -> None:
 
 def _check_steps(steps: int) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}; pass the number of updates, e.g. steps=100")
+        raise TypeError(
+            f"steps must be an int, got {type(steps).__name__}; pass the number of updates, e.g. steps=100"
+        )
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}; pass the number of updates to make, e.g. steps=100")
+        raise ValueError(
+            f"steps must be >= 1, got {steps}; pass the number of updates to make, e.g. steps=100"
+        )
 
 
 # --- the loss and its derivatives ------------------------------------------------------------
@@ -136,7 +150,9 @@ def mse(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: Scalar = 0.0) -> t
     return ((X @ w + b - y) ** 2).mean()
 
 
-def mse_gradient(X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: Scalar = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def mse_gradient(
+    X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: Scalar = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient of :func:`mse`, from the formulas derived in chapter 4 (no autograd).
 
     With the residual :math:`r = Xw + b - y`:
@@ -218,7 +234,9 @@ def max_stable_lr(X: torch.Tensor, bias: bool = True) -> float:
 # --- solving it ------------------------------------------------------------------------------
 
 
-def normal_equations(X: torch.Tensor, y: torch.Tensor, bias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def normal_equations(
+    X: torch.Tensor, y: torch.Tensor, bias: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The minimiser of :func:`mse`: the solution of the normal equations :math:`\\tilde X^\\top \\tilde X \\theta = \\tilde X^\\top y`.
 
     Solved as the least-squares problem :math:`\\min_\\theta \\lVert \\tilde X \\theta - y \\rVert` with
@@ -286,9 +304,13 @@ def steps_to_loss_gap(losses: torch.Tensor, optimum: float, rtol: float = 1e-8) 
     at the minimiser, e.g. ``mse(X, y, *normal_equations(X, y))``.
     """
     if not isinstance(losses, torch.Tensor) or losses.dim() != 1:
-        raise ValueError("losses must be a 1-D tensor of losses, one per step; pass gradient_descent(...).losses")
+        raise ValueError(
+            "losses must be a 1-D tensor of losses, one per step; pass gradient_descent(...).losses"
+        )
     if not 0 < rtol < 1:
-        raise ValueError(f"rtol must be in (0, 1), got {rtol}; pass the fraction of the initial gap to reach, e.g. 1e-8")
+        raise ValueError(
+            f"rtol must be in (0, 1), got {rtol}; pass the fraction of the initial gap to reach, e.g. 1e-8"
+        )
     gap = losses - optimum
     reached = torch.nonzero(gap <= rtol * gap[0]).flatten()
     return int(reached[0]) if len(reached) else None

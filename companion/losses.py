@@ -73,7 +73,9 @@ def check_same_shape(pred: torch.Tensor, target: torch.Tensor) -> None:
     else:
         hint = f"pass a target with the same shape as the prediction, or make the model return one value per target, shape {t}"
     try:
-        broadcast = f"; torch.nn would broadcast them to {tuple(torch.broadcast_shapes(p, t))} and compare every pair"
+        broadcast = (
+            f"; torch.nn would broadcast them to {tuple(torch.broadcast_shapes(p, t))} and compare every pair"
+        )
     except RuntimeError:
         broadcast = ""
     raise ValueError(f"prediction of shape {p} and target of shape {t} differ{broadcast}: {hint}")
@@ -95,8 +97,14 @@ def _check_class_indices(logits: torch.Tensor, target: torch.Tensor) -> None:
             "pass target.long() (class probabilities are not accepted here)"
         )
     if tuple(target.shape) != (n,):
-        hint = "squeeze the target (target.squeeze(-1))" if tuple(target.shape) == (n, 1) else "pass one class index per row of logits"
-        raise ValueError(f"target must have shape ({n},) for logits of shape {(n, c)}, got {tuple(target.shape)}: {hint}")
+        hint = (
+            "squeeze the target (target.squeeze(-1))"
+            if tuple(target.shape) == (n, 1)
+            else "pass one class index per row of logits"
+        )
+        raise ValueError(
+            f"target must have shape ({n},) for logits of shape {(n, c)}, got {tuple(target.shape)}: {hint}"
+        )
     if n and (target.min() < 0 or target.max() >= c):
         bad = target[(target < 0) | (target >= c)][0].item()
         raise ValueError(
@@ -128,7 +136,9 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -
     return _reduce((pred - target).abs(), reduction)
 
 
-def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+def smooth_l1_loss(
+    pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
     r"""Smooth L1, as ``nn.SmoothL1Loss(beta=beta)``: quadratic near zero, then L1 with slope 1.
 
     .. math::
@@ -145,7 +155,9 @@ def smooth_l1_loss(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0, 
     return _reduce(torch.where(d < beta, 0.5 * d**2 / beta, d - 0.5 * beta), reduction)
 
 
-def huber_loss(pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+def huber_loss(
+    pred: torch.Tensor, target: torch.Tensor, delta: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
     r"""Huber loss, as ``nn.HuberLoss(delta=delta)``: quadratic near zero, then linear with slope delta.
 
     .. math::
@@ -181,7 +193,9 @@ def cross_entropy(
     """
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}; pass e.g. 0.1, or 0.0 for none")
+        raise ValueError(
+            f"label_smoothing must be in [0, 1], got {label_smoothing}; pass e.g. 0.1, or 0.0 for none"
+        )
     _check_class_indices(logits, target)
     log_p = logits - logits.logsumexp(dim=1, keepdim=True)
     nll = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)
@@ -200,7 +214,9 @@ def multi_margin_loss(
     """
     _check_reduction(reduction)
     if p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2 (as in nn.MultiMarginLoss), got {p!r}; pass p=1 (hinge) or p=2 (squared hinge)")
+        raise ValueError(
+            f"p must be 1 or 2 (as in nn.MultiMarginLoss), got {p!r}; pass p=1 (hinge) or p=2 (squared hinge)"
+        )
     if not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number, got {margin}; pass e.g. margin=1.0")
     _check_class_indices(logits, target)
@@ -226,5 +242,7 @@ def hinge_embedding_loss(
         raise ValueError(f"margin must be a finite number, got {margin}; pass e.g. margin=1.0")
     check_same_shape(x, target)
     if not bool(((target == 1) | (target == -1)).all()):
-        raise ValueError("target must hold only +1 (similar) and -1 (dissimilar); map 0/1 labels with 2 * target - 1")
+        raise ValueError(
+            "target must hold only +1 (similar) and -1 (dissimilar); map 0/1 labels with 2 * target - 1"
+        )
     return _reduce(torch.where(target == 1, x, (margin - x).clamp(min=0)), reduction)

@@ -69,7 +69,12 @@ def _check_tensors(param: Any, grad: Any, state: Any) -> None:
 
 def _check_non_negative(**values: float) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value >= 0
+            or math.isinf(value)
+        ):
             example = {"lr": "lr=1e-3", "eps": "eps=1e-8", "weight_decay": "weight_decay=0.0 (no decay)"}.get(
                 name, f"{name}=0.0"
             )
@@ -291,12 +296,16 @@ def rmsprop_step(
         grad = grad + weight_decay * param
     v = state["square_avg"] = alpha * state.get("square_avg", torch.zeros_like(param)) + (1 - alpha) * grad**2
     if centered:
-        g_bar = state["grad_avg"] = alpha * state.get("grad_avg", torch.zeros_like(param)) + (1 - alpha) * grad
+        g_bar = state["grad_avg"] = (
+            alpha * state.get("grad_avg", torch.zeros_like(param)) + (1 - alpha) * grad
+        )
         s = (v - g_bar**2).sqrt() + eps
     else:
         s = v.sqrt() + eps
     if momentum > 0:
-        b = state["momentum_buffer"] = momentum * state.get("momentum_buffer", torch.zeros_like(param)) + grad / s
+        b = state["momentum_buffer"] = (
+            momentum * state.get("momentum_buffer", torch.zeros_like(param)) + grad / s
+        )
         param -= lr * b
     else:
         param -= lr * grad / s
@@ -357,15 +366,21 @@ class FromScratch:
     def __init__(self, params: Iterable[Tensor], step_fn: StepFn, **hyperparameters: Any) -> None:
         self.params = list(params)
         if not self.params or not all(isinstance(p, Tensor) for p in self.params):
-            raise TypeError("params must be a non-empty iterable of tensors; pass e.g. model.parameters() or [w]")
+            raise TypeError(
+                "params must be a non-empty iterable of tensors; pass e.g. model.parameters() or [w]"
+            )
         if not callable(step_fn):
             raise TypeError(f"step_fn must be an update rule such as adam_step, got {type(step_fn).__name__}")
         accepted = [
-            name for name, p in inspect.signature(step_fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+            name
+            for name, p in inspect.signature(step_fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
         ]
         unknown = sorted(set(hyperparameters) - set(accepted))
         if unknown:
-            raise TypeError(f"{step_fn.__name__} takes no {', '.join(unknown)}; pass only some of: {', '.join(accepted)}")
+            raise TypeError(
+                f"{step_fn.__name__} takes no {', '.join(unknown)}; pass only some of: {', '.join(accepted)}"
+            )
         self.step_fn = step_fn
         self.hyperparameters = dict(hyperparameters)
         self.state: list[dict] = [{} for _ in self.params]
@@ -444,7 +459,9 @@ def _check_point(w: Any) -> None:
             "pass e.g. torch.tensor([-1.5, 2.0])"
         )
     if w.ndim == 0 or w.shape[-1] != 2:
-        raise ValueError(f"w must have a last dimension of size 2 (a point (x, y)), got shape {tuple(w.shape)}")
+        raise ValueError(
+            f"w must have a last dimension of size 2 (a point (x, y)), got shape {tuple(w.shape)}"
+        )
 
 
 class _Optimizer(Protocol):
@@ -477,7 +494,9 @@ def run_path(
     if not isinstance(start, Tensor):
         start = torch.tensor(list(start), dtype=torch.float64)
     if not start.is_floating_point():
-        raise TypeError(f"start must be a floating-point tensor, got {start.dtype}; pass e.g. torch.tensor([-1.5, 2.0])")
+        raise TypeError(
+            f"start must be a floating-point tensor, got {start.dtype}; pass e.g. torch.tensor([-1.5, 2.0])"
+        )
     w = start.detach().clone().requires_grad_(True)
     optimizer = make_optimizer([w])
     path = torch.full((steps + 1, *w.shape), math.nan, dtype=w.dtype)
@@ -486,7 +505,9 @@ def run_path(
         optimizer.zero_grad()
         loss = fn(w)
         if loss.ndim != 0:
-            raise ValueError(f"fn must return a scalar (a 0-d tensor), got shape {tuple(loss.shape)}; sum or average it")
+            raise ValueError(
+                f"fn must return a scalar (a 0-d tensor), got shape {tuple(loss.shape)}; sum or average it"
+            )
         loss.backward()
         optimizer.step()
         path[k] = w.detach()
@@ -505,7 +526,9 @@ def steps_to_tolerance(path: Tensor, target: Tensor | Iterable[float], tol: floa
     tolerance (the run has not converged, or has diverged). "Stays" matters: an optimizer that
     passes through the target and overshoots has not converged.
     """
-    target = torch.as_tensor(target, dtype=path.dtype) if not isinstance(target, Tensor) else target.to(path.dtype)
+    target = (
+        torch.as_tensor(target, dtype=path.dtype) if not isinstance(target, Tensor) else target.to(path.dtype)
+    )
     if path.shape[1:] != target.shape:
         raise ValueError(
             f"path has points of shape {tuple(path.shape[1:])} but target has shape {tuple(target.shape)}; "
@@ -544,7 +567,9 @@ def plot_paths(
     z = fn(torch.stack([gx, gy], dim=-1))
     low = max(z.min().item(), 1e-3 * z.max().item(), 1e-12)
     levels = torch.logspace(math.log10(low), math.log10(z.max().item()), 15).tolist()
-    ax.contour(gx.numpy(), gy.numpy(), z.numpy(), levels=levels, cmap="Greys", norm=mcolors.LogNorm(), linewidths=0.7)
+    ax.contour(
+        gx.numpy(), gy.numpy(), z.numpy(), levels=levels, cmap="Greys", norm=mcolors.LogNorm(), linewidths=0.7
+    )
     for (label, path), style in zip(paths.items(), itertools.cycle(["-", "--", ":"])):
         p = path.detach().cpu()
         ax.plot(p[:, 0], p[:, 1], marker=".", linestyle=style, markersize=2, linewidth=1.2, label=label)

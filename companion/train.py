@@ -26,9 +26,9 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -126,8 +126,16 @@ class History:
 
         if not self.rows:
             raise ValueError("the history is empty: there is nothing to plot yet")
-        metrics = list(metrics) if metrics is not None else [m for m in self.metrics if "loss" in m or "accuracy" in m]
-        groups = [g for g in ([m for m in metrics if "accuracy" not in m], [m for m in metrics if "accuracy" in m]) if g]
+        metrics = (
+            list(metrics)
+            if metrics is not None
+            else [m for m in self.metrics if "loss" in m or "accuracy" in m]
+        )
+        groups = [
+            g
+            for g in ([m for m in metrics if "accuracy" not in m], [m for m in metrics if "accuracy" in m])
+            if g
+        ]
         fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.6), squeeze=False)
         epochs = self["epoch"]
         for ax, group in zip(axes[0], groups):
@@ -143,7 +151,10 @@ class History:
         return fig
 
     def __repr__(self) -> str:
-        last = {k: round(v, 4) if isinstance(v, float) else v for k, v in (self.rows[-1] if self.rows else {}).items()}
+        last = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in (self.rows[-1] if self.rows else {}).items()
+        }
         return f"History(epochs={len(self)}, last={last})"
 
 
@@ -207,14 +218,18 @@ def check_output_fits(output: Any, target: Any) -> None:
         if target.ndim == output.ndim and target.ndim >= 2 and tgt[1] == 1:
             hint = f"class labels have one dimension less than the scores: pass targets.squeeze(1) (shape {tgt[:1] + tgt[2:]})"
         else:
-            hint = (f"the model must output one score per class, shape ({tgt[0] if tgt else 'n'}, C); "
-                    "for regression, pass float targets (targets.float()) of the output's shape")
+            hint = (
+                f"the model must output one score per class, shape ({tgt[0] if tgt else 'n'}, C); "
+                "for regression, pass float targets (targets.float()) of the output's shape"
+            )
         raise ValueError(
             f"integer targets are class labels, but the model output has shape {out} for targets of shape {tgt}: {hint}."
         )
     if out[2:] != tgt[1:]:
-        raise ValueError(f"the model output has shape {out} but the targets have shape {tgt}: "
-                         f"scores (n, C, *rest) need labels (n, *rest), so pass targets of shape {out[:1] + out[2:]}.")
+        raise ValueError(
+            f"the model output has shape {out} but the targets have shape {tgt}: "
+            f"scores (n, C, *rest) need labels (n, *rest), so pass targets of shape {out[:1] + out[2:]}."
+        )
     labels = target[target >= 0]  # negative labels are CrossEntropyLoss's ignore_index
     largest = int(labels.max()) if labels.numel() else -1
     classes = out[1]
@@ -227,31 +242,45 @@ def check_output_fits(output: Any, target: Any) -> None:
 
 def _check_epochs(epochs: Any) -> None:
     if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise TypeError(f"epochs must be an int, the number of passes over train_loader, got {epochs!r} "
-                        f"({type(epochs).__name__}); pass e.g. epochs=10")
+        raise TypeError(
+            f"epochs must be an int, the number of passes over train_loader, got {epochs!r} "
+            f"({type(epochs).__name__}); pass e.g. epochs=10"
+        )
     if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}; pass the number of passes over train_loader, e.g. epochs=10")
+        raise ValueError(
+            f"epochs must be at least 1, got {epochs}; pass the number of passes over train_loader, e.g. epochs=10"
+        )
 
 
 def _check_loader(loader: Any, name: str) -> int | None:
     """The number of batches, or None for a loader without a length; raise if it has none."""
     if not isinstance(loader, Iterable):
-        raise TypeError(f"{name} must be an iterable of (inputs, targets) batches, e.g. a DataLoader; got {type(loader).__name__}")
+        raise TypeError(
+            f"{name} must be an iterable of (inputs, targets) batches, e.g. a DataLoader; got {type(loader).__name__}"
+        )
     try:
         steps = len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
     if steps == 0:
-        raise ValueError(f"{name} is empty, it yields no batches: pass a DataLoader over a dataset with at least one "
-                         "sample (with drop_last=True, at least batch_size samples)")
+        raise ValueError(
+            f"{name} is empty, it yields no batches: pass a DataLoader over a dataset with at least one "
+            "sample (with drop_last=True, at least batch_size samples)"
+        )
     return steps
 
 
 def _split(batch: Any, name: str) -> tuple[Any, Any]:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-        kind = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else f"a {type(batch).__name__}"
-        raise TypeError(f"each batch of {name} must be a pair (inputs, targets), got {kind}; "
-                        "wrap tensors in TensorDataset(inputs, targets)")
+        kind = (
+            f"a {type(batch).__name__} of {len(batch)}"
+            if isinstance(batch, (tuple, list))
+            else f"a {type(batch).__name__}"
+        )
+        raise TypeError(
+            f"each batch of {name} must be a pair (inputs, targets), got {kind}; "
+            "wrap tensors in TensorDataset(inputs, targets)"
+        )
     return batch[0], batch[1]
 
 
@@ -260,8 +289,15 @@ def _to(x: Any, device: torch.device) -> Any:
 
 
 def _is_classification(output: Any, target: Any) -> bool:
-    return (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor) and output.ndim == 2
-            and output.shape[1] >= 2 and target.ndim == 1 and not target.is_floating_point() and target.dtype != torch.bool)
+    return (
+        isinstance(output, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and output.ndim == 2
+        and output.shape[1] >= 2
+        and target.ndim == 1
+        and not target.is_floating_point()
+        and target.dtype != torch.bool
+    )
 
 
 def _loss_weight(loss_fn: Any, n: int) -> int:
@@ -272,8 +308,10 @@ def _loss_weight(loss_fn: Any, n: int) -> int:
 def _check_scalar(loss: Any) -> None:
     if not (isinstance(loss, torch.Tensor) and loss.ndim == 0):
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ValueError(f"loss_fn must return a scalar tensor, got {shape}: use a reducing loss "
-                         "(reduction='mean', the default) or call .mean() on it")
+        raise ValueError(
+            f"loss_fn must return a scalar tensor, got {shape}: use a reducing loss "
+            "(reduction='mean', the default) or call .mean() on it"
+        )
 
 
 def _checks_each_step(device: torch.device) -> bool:
@@ -291,7 +329,9 @@ def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torc
     return device
 
 
-def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn, *, device: torch.device | str | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: Iterable, loss_fn: LossFn, *, device: torch.device | str | None = None
+) -> dict[str, float]:
     """The model's mean loss (and accuracy, for class scores) over every sample of ``loader``.
 
     Runs in eval mode (dropout off, batch norm on its running statistics) under
@@ -340,14 +380,18 @@ def _scheduler_interval(scheduler: Any, interval: str | None) -> str | None:
         return None
     if interval is not None:
         if interval not in ("step", "epoch"):
-            raise ValueError(f"scheduler_interval must be 'step' (after every batch) or 'epoch', got {interval!r}")
+            raise ValueError(
+                f"scheduler_interval must be 'step' (after every batch) or 'epoch', got {interval!r}"
+            )
         return interval
     if isinstance(scheduler, PER_STEP_SCHEDULERS):
         return "step"
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return "epoch"
-    raise ValueError(f"say when to step a {type(scheduler).__name__}: pass scheduler_interval='step' (after every "
-                     "batch, if it was built with a number of steps) or scheduler_interval='epoch'")
+    raise ValueError(
+        f"say when to step a {type(scheduler).__name__}: pass scheduler_interval='step' (after every "
+        "batch, if it was built with a number of steps) or scheduler_interval='epoch'"
+    )
 
 
 def fit(
@@ -407,30 +451,51 @@ def fit(
     if val_loader is not None:
         _check_loader(val_loader, "val_loader")
     if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(output, targets), e.g. nn.CrossEntropyLoss(); got {type(loss_fn).__name__}")
+        raise TypeError(
+            f"loss_fn must be callable as loss_fn(output, targets), e.g. nn.CrossEntropyLoss(); got {type(loss_fn).__name__}"
+        )
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}")
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}"
+        )
     callbacks = tuple(callbacks)
     for cb in callbacks:
         if not callable(getattr(cb, "on_epoch_end", None)):
-            raise TypeError(f"callback {cb!r} has no on_epoch_end(epoch, history, state) method; see companion.train.Callback")
+            raise TypeError(
+                f"callback {cb!r} has no on_epoch_end(epoch, history, state) method; see companion.train.Callback"
+            )
     for i, cb in enumerate(callbacks):
-        late = [type(c).__name__ for c in callbacks[i + 1:] if hasattr(c, "state_dict")]
+        late = [type(c).__name__ for c in callbacks[i + 1 :] if hasattr(c, "state_dict")]
         if isinstance(cb, Checkpoint) and late:
-            raise ValueError(f"Checkpoint comes before {', '.join(late)}, whose state it would save one epoch late: "
-                             "put Checkpoint last in callbacks")
+            raise ValueError(
+                f"Checkpoint comes before {', '.join(late)}, whose state it would save one epoch late: "
+                "put Checkpoint last in callbacks"
+            )
     interval = _scheduler_interval(scheduler, scheduler_interval)
     device = _resolve_device(model, device)
     state = FitState(model, optimizer, scheduler, train_loader, epochs, device, callbacks)
 
     history, start = History(), 0
     if resume_from is not None:
-        start, history = load_checkpoint(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
-                                         train_loader=train_loader, callbacks=callbacks)
+        start, history = load_checkpoint(
+            resume_from,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            train_loader=train_loader,
+            callbacks=callbacks,
+        )
     check_each_step = _checks_each_step(device)
     checked, classifying = False, False
-    bar = tqdm(total=epochs * steps if steps else None, initial=start * steps if steps else 0, unit="step",
-               mininterval=0.5, disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=epochs * steps if steps else None,
+        initial=start * steps if steps else 0,
+        unit="step",
+        mininterval=0.5,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         for epoch in range(start + 1, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
@@ -465,7 +530,9 @@ def fit(
                 count += n
                 bar.update()
             if count == 0:
-                raise ValueError("train_loader yielded no batches in this epoch: pass a loader that yields at least one batch per pass")
+                raise ValueError(
+                    "train_loader yielded no batches in this epoch: pass a loader that yields at least one batch per pass"
+                )
             step_losses = torch.stack(losses).double()
             if not check_each_step:
                 finite = torch.isfinite(step_losses)
@@ -477,7 +544,9 @@ def fit(
             if classifying:
                 row["train_accuracy"] = (torch.cat(predictions) == torch.cat(labels)).sum().item() / count
             if val_loader is not None:
-                row.update({f"val_{k}": v for k, v in evaluate(model, val_loader, loss_fn, device=device).items()})
+                row.update(
+                    {f"val_{k}": v for k, v in evaluate(model, val_loader, loss_fn, device=device).items()}
+                )
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - started
             history.append(row)
@@ -486,7 +555,9 @@ def fit(
                     scheduler.step(row.get("val_loss", row["train_loss"]))
                 else:
                     scheduler.step()
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if "loss" in k or "accuracy" in k}, refresh=False)
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in row.items() if "loss" in k or "accuracy" in k}, refresh=False
+            )
             stop = False
             for cb in callbacks:
                 stop = bool(cb.on_epoch_end(epoch, history, state)) or stop

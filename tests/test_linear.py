@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from companion.data import make_linear_regression
+from companion.datasets import make_linear_regression
 from companion.linear import (
     add_bias_column,
     condition_number,
@@ -63,7 +63,9 @@ def test_mse_gradient_matches_the_grads_nn_linear_gets_from_mseloss_backward():
     X, y, _ = make_linear_regression(25, 3, seed=4)
     model = nn.Linear(3, 1).double()
     nn.MSELoss()(model(X.double()), y.double()).backward()
-    grad_w, grad_b = mse_gradient(X.double(), y.double(), model.weight.detach().squeeze(0), model.bias.detach())
+    grad_w, grad_b = mse_gradient(
+        X.double(), y.double(), model.weight.detach().squeeze(0), model.bias.detach()
+    )
     torch.testing.assert_close(grad_w, model.weight.grad.squeeze(0))
     torch.testing.assert_close(grad_b, model.bias.grad.squeeze(0))
 
@@ -99,7 +101,10 @@ def test_target_of_shape_n1_gives_the_same_loss_and_gradient_as_shape_n():
 def test_bias_may_be_a_float_a_0d_or_a_one_element_tensor():
     X, y, _ = problem()
     w, _ = random_params(3)
-    values = [mse(X, y, w, b) for b in (0.5, torch.tensor(0.5, dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64))]
+    values = [
+        mse(X, y, w, b)
+        for b in (0.5, torch.tensor(0.5, dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64))
+    ]
     assert values[0] == values[1] == values[2]
 
 
@@ -111,7 +116,9 @@ def test_hessian_equals_autograds_hessian_of_the_loss(bias):
     X, y, _ = problem()
     w, b = random_params(3)
     if bias:
-        auto = torch.autograd.functional.hessian(lambda t: mse(X, y, t[:-1], t[-1]), torch.cat([w, b.reshape(1)]))
+        auto = torch.autograd.functional.hessian(
+            lambda t: mse(X, y, t[:-1], t[-1]), torch.cat([w, b.reshape(1)])
+        )
     else:
         auto = torch.autograd.functional.hessian(lambda t: mse(X, y, t, b), w)
     torch.testing.assert_close(hessian(X, bias=bias), auto)
@@ -242,7 +249,9 @@ def test_normal_equations_keep_digits_that_inverting_xtx_loses():
 def test_target_of_the_wrong_length_names_both_shapes_and_what_to_pass():
     X, y, _ = problem(n=10)
     w, b = random_params(3)
-    with pytest.raises(ValueError, match=r"X has shape \(10, 3\) but y has shape \(9,\): .* y of shape \(10,\) or \(10, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"X has shape \(10, 3\) but y has shape \(9,\): .* y of shape \(10,\) or \(10, 1\)"
+    ):
         mse(X, y[:9], w, b)
 
 
@@ -260,7 +269,9 @@ def test_one_dimensional_X_is_refused_with_how_to_reshape_it():
 
 def test_weights_of_the_wrong_shape_name_both_shapes_and_what_to_pass():
     X, y, _ = problem(n=10)
-    with pytest.raises(ValueError, match=r"X has shape \(10, 3\) but w has shape \(1, 3\).*w of shape \(3,\).*squeeze\(0\)"):
+    with pytest.raises(
+        ValueError, match=r"X has shape \(10, 3\) but w has shape \(1, 3\).*w of shape \(3,\).*squeeze\(0\)"
+    ):
         mse_gradient(X, y, torch.zeros(1, 3, dtype=torch.float64), 0.0)
     with pytest.raises(ValueError, match=r"w has shape \(4,\).*w of shape \(3,\)"):
         mse(X, y, torch.zeros(4, dtype=torch.float64))
@@ -288,7 +299,10 @@ def test_integer_X_or_mixed_dtypes_are_type_errors_that_say_what_to_pass():
 def test_non_positive_or_non_finite_lr_is_refused_with_the_stable_range(lr):
     X, y, _ = problem(n=10)
     bound = max_stable_lr(X)
-    with pytest.raises(ValueError, match=rf"lr must be a positive, finite step size, got {lr}; pass 0 < lr < max_stable_lr\(X\) = {bound:.4g}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"lr must be a positive, finite step size, got {lr}; pass 0 < lr < max_stable_lr\(X\) = {bound:.4g}",
+    ):
         gradient_descent(X, y, lr=lr, steps=10)
 
 

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from companion.losses import (
@@ -68,7 +67,9 @@ def test_regression_loss_value_and_gradient_equal_torch_nn(name, reduction):
     threshold = kwargs.get("beta", kwargs.get("delta", 1.0))
     assert (diff < threshold).any() and (diff > threshold).any()
     assert_same_value_and_gradient(
-        lambda p, t: ours(p, t, reduction=reduction, **kwargs), module(reduction=reduction, **kwargs), (pred, target)
+        lambda p, t: ours(p, t, reduction=reduction, **kwargs),
+        module(reduction=reduction, **kwargs),
+        (pred, target),
     )
 
 
@@ -80,7 +81,9 @@ def test_classification_loss_value_and_gradient_equal_torch_nn(name, reduction):
     logits = 2 * torch.randn(32, 5, generator=g, dtype=torch.float64)
     target = torch.randint(0, 5, (32,), generator=g)
     assert_same_value_and_gradient(
-        lambda x, y: ours(x, y, reduction=reduction, **kwargs), module(reduction=reduction, **kwargs), (logits, target)
+        lambda x, y: ours(x, y, reduction=reduction, **kwargs),
+        module(reduction=reduction, **kwargs),
+        (logits, target),
     )
 
 
@@ -144,7 +147,9 @@ def test_torch_mse_only_warns_on_n_by_1_against_n_and_compares_every_pair():
 
 @pytest.mark.parametrize("loss", [mse_loss, l1_loss, smooth_l1_loss, huber_loss])
 def test_regression_losses_reject_n_by_1_prediction_against_n_target(loss):
-    with pytest.raises(ValueError, match=r"prediction of shape \(5, 1\) and target of shape \(5,\).*\(5, 5\)") as info:
+    with pytest.raises(
+        ValueError, match=r"prediction of shape \(5, 1\) and target of shape \(5,\).*\(5, 5\)"
+    ) as info:
         loss(torch.randn(5, 1), torch.randn(5))
     assert "squeeze the prediction" in str(info.value) and "unsqueeze the target" in str(info.value)
 
@@ -155,7 +160,9 @@ def test_regression_loss_rejects_n_prediction_against_n_by_1_target_with_the_mir
 
 
 def test_regression_loss_rejects_unrelated_shapes():
-    with pytest.raises(ValueError, match=r"\(5, 2\) and target of shape \(3,\) differ: pass a target with the same shape"):
+    with pytest.raises(
+        ValueError, match=r"\(5, 2\) and target of shape \(3,\) differ: pass a target with the same shape"
+    ):
         l1_loss(torch.randn(5, 2), torch.randn(3))
 
 
@@ -170,7 +177,9 @@ def test_hinge_embedding_rejects_mismatched_shapes_and_labels_other_than_plus_mi
 @pytest.mark.parametrize("value", [0.0, -1.0, math.nan])
 def test_non_positive_beta_or_delta_is_rejected_with_what_to_pass(loss, value):
     name = "beta" if loss is smooth_l1_loss else "delta"
-    with pytest.raises(ValueError, match=rf"{name} must be > 0, got .*; pass a positive threshold such as {name}=1.0"):
+    with pytest.raises(
+        ValueError, match=rf"{name} must be > 0, got .*; pass a positive threshold such as {name}=1.0"
+    ):
         loss(torch.randn(3), torch.randn(3), **{name: value})
 
 
@@ -199,7 +208,9 @@ def test_unknown_reduction_is_rejected_naming_the_three_that_exist(name):
 
 @pytest.mark.parametrize("loss", [cross_entropy, multi_margin_loss])
 def test_classification_losses_reject_a_class_index_out_of_range(loss):
-    with pytest.raises(ValueError, match=r"class index 4, but logits of shape \(3, 4\) have 4 classes: pass indices in 0..3"):
+    with pytest.raises(
+        ValueError, match=r"class index 4, but logits of shape \(3, 4\) have 4 classes: pass indices in 0..3"
+    ):
         loss(torch.randn(3, 4), torch.tensor([0, 4, 1]))
     with pytest.raises(ValueError, match="class index -1"):
         loss(torch.randn(3, 4), torch.tensor([0, -1, 1]))
@@ -207,7 +218,10 @@ def test_classification_losses_reject_a_class_index_out_of_range(loss):
 
 @pytest.mark.parametrize("loss", [cross_entropy, multi_margin_loss])
 def test_classification_losses_reject_an_n_by_1_target_and_say_squeeze_it(loss):
-    with pytest.raises(ValueError, match=r"target must have shape \(3,\) for logits of shape \(3, 4\), got \(3, 1\): squeeze the target"):
+    with pytest.raises(
+        ValueError,
+        match=r"target must have shape \(3,\) for logits of shape \(3, 4\), got \(3, 1\): squeeze the target",
+    ):
         loss(torch.randn(3, 4), torch.tensor([[0], [1], [2]]))
 
 
@@ -218,14 +232,20 @@ def test_classification_losses_reject_a_target_of_the_wrong_length():
 
 @pytest.mark.parametrize("loss", [cross_entropy, multi_margin_loss])
 def test_classification_losses_reject_logits_that_are_not_n_by_c(loss):
-    with pytest.raises(ValueError, match=r"logits must have shape \(n, C\), got \(4,\); .*logits.unsqueeze\(0\)"):
+    with pytest.raises(
+        ValueError, match=r"logits must have shape \(n, C\), got \(4,\); .*logits.unsqueeze\(0\)"
+    ):
         loss(torch.randn(4), torch.tensor([1]))
 
 
 def test_classification_losses_reject_float_targets_and_integer_logits():
-    with pytest.raises(TypeError, match=r"integer class indices, got dtype torch.float32; pass target.long\(\)"):
+    with pytest.raises(
+        TypeError, match=r"integer class indices, got dtype torch.float32; pass target.long\(\)"
+    ):
         cross_entropy(torch.randn(3, 4), torch.tensor([0.0, 1.0, 2.0]))
-    with pytest.raises(TypeError, match=r"logits must be floating point, got torch.int64; pass logits.float\(\)"):
+    with pytest.raises(
+        TypeError, match=r"logits must be floating point, got torch.int64; pass logits.float\(\)"
+    ):
         multi_margin_loss(torch.ones(3, 4, dtype=torch.long), torch.tensor([0, 1, 2]))
 
 

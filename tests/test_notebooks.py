@@ -68,7 +68,9 @@ def test_notebook_has_no_error_output_unless_tagged_raises_exception(nb):
 
 
 def test_notebook_imports_companion(nb):
-    assert any(re.search(r"^\s*(import companion|from companion[\s.])", c.source, re.M) for c in code_cells(nb))
+    assert any(
+        re.search(r"^\s*(import companion|from companion[\s.])", c.source, re.M) for c in code_cells(nb)
+    )
 
 
 def test_no_output_names_a_path_of_the_machine_it_ran_on(nb):
@@ -90,5 +92,9 @@ def test_install_cell_names_the_config_url_only():
 
 
 def test_notebook_ends_with_exercises(nb):
-    headings = [c.source for c in nb.cells if c.cell_type == "markdown" and re.search(r"^#+ Exercises", c.source, re.M)]
+    headings = [
+        c.source
+        for c in nb.cells
+        if c.cell_type == "markdown" and re.search(r"^#+ Exercises", c.source, re.M)
+    ]
     assert headings, "each chapter ends with an '## Exercises' section"

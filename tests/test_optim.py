@@ -39,12 +39,18 @@ SETTINGS = [
     (torch.optim.RMSprop, rmsprop_step, dict(lr=1e-2)),
     (torch.optim.RMSprop, rmsprop_step, dict(lr=5e-3, alpha=0.9, momentum=0.9)),
     (torch.optim.RMSprop, rmsprop_step, dict(lr=1e-2, centered=True)),
-    (torch.optim.RMSprop, rmsprop_step, dict(lr=1e-2, centered=True, momentum=0.5, weight_decay=0.1, eps=1e-4)),
+    (
+        torch.optim.RMSprop,
+        rmsprop_step,
+        dict(lr=1e-2, centered=True, momentum=0.5, weight_decay=0.1, eps=1e-4),
+    ),
     (torch.optim.Adadelta, adadelta_step, dict()),
     (torch.optim.Adadelta, adadelta_step, dict(lr=0.5, rho=0.95)),
     (torch.optim.Adadelta, adadelta_step, dict(lr=2.0, eps=1e-4, weight_decay=0.1)),
 ]
-IDS = [f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for cls, _, kw in SETTINGS]
+IDS = [
+    f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}" for cls, _, kw in SETTINGS
+]
 
 
 def random_problem(seed: int):
@@ -52,7 +58,10 @@ def random_problem(seed: int):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(32, 5, generator=g, dtype=torch.float64)
     y = torch.randn(32, generator=g, dtype=torch.float64)
-    params = [torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)]
+    params = [
+        torch.randn(5, 4, generator=g, dtype=torch.float64),
+        torch.randn(4, generator=g, dtype=torch.float64),
+    ]
 
     def loss(W, v):
         return ((torch.tanh(X @ W) @ v - y) ** 2).mean()
@@ -71,7 +80,9 @@ def float64_default():
 
 
 @pytest.mark.usefixtures("float64_default")
-@pytest.mark.parametrize("seed, torch_cls, step_fn, hyper", [(i, *s) for i, s in enumerate(SETTINGS)], ids=IDS)
+@pytest.mark.parametrize(
+    "seed, torch_cls, step_fn, hyper", [(i, *s) for i, s in enumerate(SETTINGS)], ids=IDS
+)
 def test_rule_matches_torch_optim_for_100_steps(seed, torch_cls, step_fn, hyper):
     init, loss = random_problem(seed)
     ours = [p.clone().requires_grad_() for p in init]
@@ -119,7 +130,9 @@ def test_quadratic_has_condition_number_10_and_its_hessian_is_A():
     hessian = torch.autograd.functional.hessian(ill_conditioned_quadratic, w)
     torch.testing.assert_close(hessian, QUADRATIC_A)
     assert ill_conditioned_quadratic(torch.tensor(QUADRATIC_MINIMUM)).item() == 0.0
-    assert ill_conditioned_quadratic(torch.tensor([0.0, 0.0])).item() == 10.0  # (1/2) (-1, -1) A (-1, -1)^T = 20/2
+    assert (
+        ill_conditioned_quadratic(torch.tensor([0.0, 0.0])).item() == 10.0
+    )  # (1/2) (-1, -1) A (-1, -1)^T = 20/2
     assert ill_conditioned_quadratic(torch.zeros(4, 3, 2)).shape == (4, 3)
 
 
@@ -159,8 +172,12 @@ def test_adam_with_weight_decay_and_adamw_give_different_updates():
         theta = torch.tensor([1.0, 1.0], dtype=torch.float64)
         rule(theta, torch.tensor([0.0, 10.0], dtype=torch.float64), {}, lr=0.1, weight_decay=0.1)
         results[name] = theta
-    torch.testing.assert_close(results["adam"], torch.tensor([0.9, 0.9], dtype=torch.float64), rtol=1e-6, atol=0)
-    torch.testing.assert_close(results["adamw"], torch.tensor([0.99, 0.89], dtype=torch.float64), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        results["adam"], torch.tensor([0.9, 0.9], dtype=torch.float64), rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(
+        results["adamw"], torch.tensor([0.99, 0.89], dtype=torch.float64), rtol=1e-6, atol=0
+    )
 
 
 def test_first_rmsprop_step_is_lr_over_sqrt_one_minus_alpha_and_adadelta_starts_small():
@@ -169,7 +186,9 @@ def test_first_rmsprop_step_is_lr_over_sqrt_one_minus_alpha_and_adadelta_starts_
     torch.testing.assert_close(theta, torch.full((3,), -0.1, dtype=torch.float64), rtol=1e-4, atol=0)
     theta = torch.zeros(3, dtype=torch.float64)
     adadelta_step(theta, torch.tensor([1.0, 10.0, 1e3], dtype=torch.float64), {}, lr=1.0, rho=0.9, eps=1e-6)
-    torch.testing.assert_close(theta, torch.full((3,), -math.sqrt(1e-6 / 0.1), dtype=torch.float64), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        theta, torch.full((3,), -math.sqrt(1e-6 / 0.1), dtype=torch.float64), rtol=1e-4, atol=0
+    )
 
 
 def test_state_holds_the_step_count_and_moments():
@@ -218,14 +237,18 @@ def test_negative_learning_rate_is_rejected_with_an_example(rule):
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
 def test_gradient_of_the_wrong_shape_is_rejected(rule):
-    with pytest.raises(ValueError, match=r"grad has shape \(3,\) but param has shape \(2,\); pass the gradient"):
+    with pytest.raises(
+        ValueError, match=r"grad has shape \(3,\) but param has shape \(2,\); pass the gradient"
+    ):
         rule(torch.zeros(2), torch.zeros(3), {}, lr=0.1)
 
 
 @pytest.mark.parametrize("rule", [adam_step, adamw_step, nadam_step], ids=lambda r: r.__name__)
 @pytest.mark.parametrize("betas", [(0.9, 1.0), (-0.1, 0.999), (1.5, 0.9)])
 def test_betas_outside_zero_one_are_rejected(rule, betas):
-    with pytest.raises(ValueError, match=r"betas\[[01]\] must be in \[0, 1\), got .*; pass e.g. betas=\(0.9, 0.999\)"):
+    with pytest.raises(
+        ValueError, match=r"betas\[[01]\] must be in \[0, 1\), got .*; pass e.g. betas=\(0.9, 0.999\)"
+    ):
         rule(torch.zeros(2), torch.zeros(2), {}, lr=0.1, betas=betas)
 
 
@@ -236,7 +259,9 @@ def test_betas_that_are_not_a_pair_are_rejected():
 
 def test_other_bad_hyperparameters_are_rejected_with_what_to_pass():
     z = torch.zeros(2)
-    with pytest.raises(ValueError, match="Nesterov momentum needs momentum > 0 and dampening == 0.*pass e.g. momentum=0.9"):
+    with pytest.raises(
+        ValueError, match="Nesterov momentum needs momentum > 0 and dampening == 0.*pass e.g. momentum=0.9"
+    ):
         sgd_step(z, z, {}, lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match=r"rho must be in \[0, 1\], got 1.5; pass e.g. rho=0.9"):
         adadelta_step(z, z, {}, rho=1.5)
@@ -253,7 +278,9 @@ def test_wrong_types_are_type_errors_that_say_what_to_pass():
         adam_step([0.0, 0.0], torch.zeros(2), {})
     with pytest.raises(TypeError, match=r"state must be a dict, got NoneType; pass \{\} on the first step"):
         adam_step(torch.zeros(2), torch.zeros(2), None)
-    with pytest.raises(TypeError, match="adam_step takes no momentum; pass only some of: lr, betas, eps, weight_decay"):
+    with pytest.raises(
+        TypeError, match="adam_step takes no momentum; pass only some of: lr, betas, eps, weight_decay"
+    ):
         FromScratch([torch.zeros(2)], adam_step, momentum=0.9)
     with pytest.raises(TypeError, match=r"params must be a non-empty iterable of tensors"):
         FromScratch([], adam_step)
@@ -269,7 +296,9 @@ def test_run_path_and_test_functions_reject_bad_arguments():
         run_path(sgd, lambda w: w**2, [0.0, 1.0], steps=1)
     with pytest.raises(ValueError, match=r"last dimension of size 2 \(a point \(x, y\)\), got shape \(3,\)"):
         rosenbrock(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"target has shape \(3,\); pass the minimiser as a point of the same shape"):
+    with pytest.raises(
+        ValueError, match=r"target has shape \(3,\); pass the minimiser as a point of the same shape"
+    ):
         steps_to_tolerance(torch.zeros(4, 2), torch.zeros(3), tol=0.1)
     with pytest.raises(ValueError, match="tol must be > 0, got 0; pass e.g. tol=1e-3"):
         steps_to_tolerance(torch.zeros(4, 2), torch.zeros(2), tol=0)

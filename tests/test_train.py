@@ -103,12 +103,16 @@ def test_train_loss_is_the_sample_weighted_mean_of_the_epoch():
     model = make_model(dropout=0.0)
     X, y = classification_data(30)
     loader = DataLoader(TensorDataset(X, y), batch_size=8)  # batches of 8, 8, 8, 6
-    history = fit(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.0), 1, progress=False)
+    history = fit(
+        model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.0), 1, progress=False
+    )
     with torch.no_grad():
         whole = nn.functional.cross_entropy(model(X), y).item()
         batch_means = [nn.functional.cross_entropy(model(xb), yb).item() for xb, yb in loader]
     assert history["train_loss"][0] == pytest.approx(whole, rel=1e-6)
-    assert abs(sum(batch_means) / len(batch_means) - whole) > 1e-4, "the unweighted mean of batch means is not it"
+    assert abs(sum(batch_means) / len(batch_means) - whole) > 1e-4, (
+        "the unweighted mean of batch means is not it"
+    )
 
 
 def test_summed_loss_is_divided_by_the_number_of_samples():
@@ -149,9 +153,17 @@ def test_validation_in_fit_runs_in_eval_mode_and_training_in_train_mode():
     companion.seed_everything(0)
     model = Spy()
     train, val = loaders()
-    fit(model, train, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), 1, val_loader=val, progress=False)
+    fit(
+        model,
+        train,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        1,
+        val_loader=val,
+        progress=False,
+    )
     assert model.seen[: len(train)] == [(True, False)] * len(train)
-    assert model.seen[len(train):] == [(False, True)] * len(val)
+    assert model.seen[len(train) :] == [(False, True)] * len(val)
 
 
 def test_evaluate_is_deterministic_with_dropout_and_counts_accuracy():
@@ -167,7 +179,7 @@ def test_evaluate_is_deterministic_with_dropout_and_counts_accuracy():
 
 
 def test_regression_metrics_have_no_accuracy():
-    from companion.data import make_linear_regression
+    from companion.datasets import make_linear_regression
 
     X, y, _ = make_linear_regression(20, 3)
     metrics = evaluate(nn.Linear(3, 1), DataLoader(TensorDataset(X, y), batch_size=6), nn.MSELoss())
@@ -201,7 +213,9 @@ def test_non_finite_loss_stops_naming_epoch_and_step_before_the_step_changes_the
 def test_on_an_accelerator_the_check_runs_at_the_epoch_end_and_names_the_first_bad_step(monkeypatch):
     import companion.train as train_module
 
-    monkeypatch.setattr(train_module, "_checks_each_step", lambda device: False)  # as on a GPU: no sync per step
+    monkeypatch.setattr(
+        train_module, "_checks_each_step", lambda device: False
+    )  # as on a GPU: no sync per step
     companion.seed_everything(0)
     model = make_model()
     train, _ = loaders(batch_size=8)
@@ -222,7 +236,14 @@ def test_a_diverging_learning_rate_raises_instead_of_training_on_nans():
     model = make_model()
     train, _ = loaders()
     with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf) at epoch \d+, step \d+"):
-        fit(model, train, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1e30), 20, progress=False)
+        fit(
+            model,
+            train,
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(model.parameters(), lr=1e30),
+            20,
+            progress=False,
+        )
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -230,19 +251,30 @@ def test_empty_loader_is_rejected_with_what_to_pass():
     model = make_model()
     empty = DataLoader(TensorDataset(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)), batch_size=4)
     with pytest.raises(ValueError, match="train_loader is empty.*at least one sample"):
-        fit(model, empty, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
-    short = DataLoader(TensorDataset(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long)), batch_size=4, drop_last=True)
+        fit(
+            model,
+            empty,
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            1,
+            progress=False,
+        )
+    short = DataLoader(
+        TensorDataset(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long)), batch_size=4, drop_last=True
+    )
     with pytest.raises(ValueError, match=r"drop_last=True, at least batch_size"):
         evaluate(model, short, nn.CrossEntropyLoss())
 
 
 def test_output_n_by_1_against_targets_n_raises_naming_both_shapes():
-    from companion.data import make_linear_regression
+    from companion.datasets import make_linear_regression
 
     X, y, _ = make_linear_regression(32, 3)
     loader = DataLoader(TensorDataset(X, y.squeeze(1)), batch_size=8)  # targets (8,), output (8, 1)
     model = nn.Linear(3, 1)
-    with pytest.raises(ValueError, match=re.escape("prediction of shape (8, 1) and target of shape (8,) differ")) as info:
+    with pytest.raises(
+        ValueError, match=re.escape("prediction of shape (8, 1) and target of shape (8,) differ")
+    ) as info:
         fit(model, loader, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
     assert "broadcast them to (8, 8)" in str(info.value) and "squeeze" in str(info.value)
 
@@ -254,12 +286,15 @@ def test_logits_with_too_few_classes_raise_naming_the_largest_label():
         evaluate(make_model(classes=2), loader, nn.CrossEntropyLoss())
 
 
-@pytest.mark.parametrize("out, tgt, fix", [
-    ((4, 1), (4,), "pred.squeeze(-1)"),
-    ((4,), (4, 1), "target.squeeze(-1)"),
-    ((2, 4), (2, 2, 2), "view_as"),
-    ((4, 3), (4,), "one value per target, shape (4,)"),
-])
+@pytest.mark.parametrize(
+    "out, tgt, fix",
+    [
+        ((4, 1), (4,), "pred.squeeze(-1)"),
+        ((4,), (4, 1), "target.squeeze(-1)"),
+        ((2, 4), (2, 2, 2), "view_as"),
+        ((4, 3), (4,), "one value per target, shape (4,)"),
+    ],
+)
 def test_float_targets_of_another_shape_get_the_fix_that_fits(out, tgt, fix):
     with pytest.raises(ValueError, match=re.escape(fix)):
         check_output_fits(torch.zeros(out), torch.zeros(tgt))
@@ -283,7 +318,9 @@ def test_batch_sizes_that_differ_are_rejected():
 
 def test_matching_shapes_and_non_tensors_pass():
     check_output_fits(torch.zeros(4, 1), torch.zeros(4, 1))
-    check_output_fits(torch.zeros(4, 3), torch.tensor([0, 2, -100, 1]))  # -100: CrossEntropyLoss's ignore_index
+    check_output_fits(
+        torch.zeros(4, 3), torch.tensor([0, 2, -100, 1])
+    )  # -100: CrossEntropyLoss's ignore_index
     check_output_fits(torch.zeros(2, 3, 5), torch.zeros(2, 5, dtype=torch.long))  # per-position classes
     check_output_fits({"logits": torch.zeros(2, 3)}, torch.zeros(2))
 
@@ -293,7 +330,14 @@ def test_non_positive_epochs_are_rejected_with_what_to_pass(epochs):
     model = make_model()
     train, _ = loaders()
     with pytest.raises(ValueError, match=rf"epochs must be at least 1, got {epochs}; .*epochs=10"):
-        fit(model, train, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), epochs, progress=False)
+        fit(
+            model,
+            train,
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs,
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("epochs", [2.0, "3", True, None])
@@ -301,7 +345,14 @@ def test_epochs_that_are_not_an_int_are_a_type_error(epochs):
     model = make_model()
     train, _ = loaders()
     with pytest.raises(TypeError, match=r"epochs must be an int.*pass e.g. epochs=10"):
-        fit(model, train, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), epochs, progress=False)
+        fit(
+            model,
+            train,
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs,
+            progress=False,
+        )
 
 
 def test_batches_that_are_not_pairs_are_a_type_error():
@@ -309,14 +360,28 @@ def test_batches_that_are_not_pairs_are_a_type_error():
     X, y = classification_data()
     loader = DataLoader(TensorDataset(X, y, y), batch_size=8)
     with pytest.raises(TypeError, match=r"pair \(inputs, targets\), got a list of 3"):
-        fit(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
+        fit(
+            model,
+            loader,
+            nn.CrossEntropyLoss(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            1,
+            progress=False,
+        )
 
 
 def test_loss_that_is_not_reduced_to_a_scalar_is_rejected():
     model = make_model()
     train, _ = loaders()
     with pytest.raises(ValueError, match=r"scalar tensor, got \(8,\).*reduction='mean'"):
-        fit(model, train, nn.CrossEntropyLoss(reduction="none"), torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
+        fit(
+            model,
+            train,
+            nn.CrossEntropyLoss(reduction="none"),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            1,
+            progress=False,
+        )
 
 
 # --- schedulers ----------------------------------------------------------------------------------
@@ -326,9 +391,13 @@ def test_a_scheduler_of_unknown_interval_must_be_told_when_to_step():
     model, train, _, loss_fn, _, _ = setup()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     step_lr = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    with pytest.raises(ValueError, match=r"say when to step a StepLR: pass scheduler_interval='step'.*'epoch'"):
+    with pytest.raises(
+        ValueError, match=r"say when to step a StepLR: pass scheduler_interval='step'.*'epoch'"
+    ):
         fit(model, train, loss_fn, opt, 2, scheduler=step_lr, progress=False)
-    history = fit(model, train, loss_fn, opt, 2, scheduler=step_lr, scheduler_interval="epoch", progress=False)
+    history = fit(
+        model, train, loss_fn, opt, 2, scheduler=step_lr, scheduler_interval="epoch", progress=False
+    )
     assert history["lr"] == [pytest.approx(0.05), pytest.approx(0.025)]  # recorded before the epoch's step
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0125)
 
@@ -399,7 +468,15 @@ def test_early_stopping_on_a_metric_fit_does_not_record_says_what_to_pass():
 def test_checkpoint_before_a_stateful_callback_is_rejected(tmp_path):
     model, train, _, loss_fn, opt, _ = setup()
     with pytest.raises(ValueError, match="put Checkpoint last"):
-        fit(model, train, loss_fn, opt, 1, callbacks=[Checkpoint(tmp_path / "c.pt"), EarlyStopping()], progress=False)
+        fit(
+            model,
+            train,
+            loss_fn,
+            opt,
+            1,
+            callbacks=[Checkpoint(tmp_path / "c.pt"), EarlyStopping()],
+            progress=False,
+        )
 
 
 # --- checkpoints and resuming ----------------------------------------------------------------------
@@ -410,21 +487,50 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_weights_bit_for_bit(
     epochs = 6
     model, train, val, loss_fn, opt, sched = setup(epochs, generator)
     stopper = EarlyStopping(patience=50)
-    fit(model, train, loss_fn, opt, epochs, val_loader=val, scheduler=sched, callbacks=[stopper], progress=False)
+    fit(
+        model,
+        train,
+        loss_fn,
+        opt,
+        epochs,
+        val_loader=val,
+        scheduler=sched,
+        callbacks=[stopper],
+        progress=False,
+    )
     uninterrupted = params(model)
 
     path = tmp_path / "run" / "last.pt"
     model, train, val, loss_fn, opt, sched = setup(epochs, generator)
-    first = fit(model, train, loss_fn, opt, epochs, val_loader=val, scheduler=sched,
-                callbacks=[EarlyStopping(patience=50), Checkpoint(path), StopAfter(2)], progress=False)
+    first = fit(
+        model,
+        train,
+        loss_fn,
+        opt,
+        epochs,
+        val_loader=val,
+        scheduler=sched,
+        callbacks=[EarlyStopping(patience=50), Checkpoint(path), StopAfter(2)],
+        progress=False,
+    )
     assert len(first) == 2 and path.is_file()
     # something else draws random numbers in between (a new process would start from other states)
     random.random(), np.random.rand(), torch.rand(5), next(iter(train))
 
     model, train, val, loss_fn, opt, sched = setup(epochs, generator, seed=123)  # other initial weights
     resumed_stopper = EarlyStopping(patience=50)
-    history = fit(model, train, loss_fn, opt, epochs, val_loader=val, scheduler=sched,
-                  callbacks=[resumed_stopper, Checkpoint(path)], progress=False, resume_from=path)
+    history = fit(
+        model,
+        train,
+        loss_fn,
+        opt,
+        epochs,
+        val_loader=val,
+        scheduler=sched,
+        callbacks=[resumed_stopper, Checkpoint(path)],
+        progress=False,
+        resume_from=path,
+    )
     assert_same_params(params(model), uninterrupted)
     assert (resumed_stopper.best, resumed_stopper.best_epoch) == (stopper.best, stopper.best_epoch)
     assert history["epoch"] == list(range(1, epochs + 1))
@@ -440,7 +546,16 @@ def test_without_restoring_the_random_generators_the_resumed_run_differs(tmp_pat
 
     path = tmp_path / "last.pt"
     model, train, val, loss_fn, opt, sched = setup(epochs)
-    fit(model, train, loss_fn, opt, epochs, scheduler=sched, callbacks=[Checkpoint(path), StopAfter(2)], progress=False)
+    fit(
+        model,
+        train,
+        loss_fn,
+        opt,
+        epochs,
+        scheduler=sched,
+        callbacks=[Checkpoint(path), StopAfter(2)],
+        progress=False,
+    )
     torch.rand(5), next(iter(train))
     model, train, val, loss_fn, opt, sched = setup(epochs, seed=5)
     start, history = load_checkpoint(path, model=model, optimizer=opt, scheduler=sched, restore_rng=False)
@@ -452,7 +567,9 @@ def test_without_restoring_the_random_generators_the_resumed_run_differs(tmp_pat
 
 def test_checkpoint_holds_every_generator_and_loads_with_weights_only(tmp_path):
     model, train, _, _, opt, sched = setup()
-    path = save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, scheduler=sched, epoch=3, train_loader=train)
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=model, optimizer=opt, scheduler=sched, epoch=3, train_loader=train
+    )
     state = torch.load(path, weights_only=True)
     assert set(state["rng"]) == {"torch", "cuda", "python", "numpy", "loader"}
     assert len(state["rng"]["loader"]) == 1 and state["epoch"] == 3
@@ -463,9 +580,11 @@ def test_checkpoint_is_written_atomically_and_a_failed_write_keeps_the_old_one(t
     path = tmp_path / "c.pt"
     replaced = []
     real_replace = os.replace
-    monkeypatch.setattr(cbs.os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst)))
+    monkeypatch.setattr(
+        cbs.os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst))
+    )
     save_checkpoint(path, model=model, optimizer=opt, epoch=1)
-    (src, dst), = replaced
+    ((src, dst),) = replaced
     assert os.path.dirname(src) == str(tmp_path) and dst == path, "the temporary file is in the same folder"
     before = path.read_bytes()
 
@@ -483,18 +602,48 @@ def test_checkpoint_is_written_atomically_and_a_failed_write_keeps_the_old_one(t
 def test_resuming_with_other_callbacks_or_another_loader_says_what_to_pass(tmp_path):
     model, train, val, loss_fn, opt, sched = setup()
     path = tmp_path / "c.pt"
-    fit(model, train, loss_fn, opt, 2, val_loader=val, callbacks=[EarlyStopping(), Checkpoint(path)], progress=False)
+    fit(
+        model,
+        train,
+        loss_fn,
+        opt,
+        2,
+        val_loader=val,
+        callbacks=[EarlyStopping(), Checkpoint(path)],
+        progress=False,
+    )
     with pytest.raises(ValueError, match="resume with the same callbacks"):
-        fit(model, train, loss_fn, opt, 3, val_loader=val, callbacks=[Checkpoint(path)], progress=False, resume_from=path)
+        fit(
+            model,
+            train,
+            loss_fn,
+            opt,
+            3,
+            val_loader=val,
+            callbacks=[Checkpoint(path)],
+            progress=False,
+            resume_from=path,
+        )
     unseeded, _ = loaders(generator=False)
     other = make_model()
     before = params(other)
     with pytest.raises(ValueError, match=r"1 DataLoader generator state\(s\) but train_loader has 0"):
-        fit(other, unseeded, loss_fn, torch.optim.SGD(other.parameters(), lr=0.1), 3, val_loader=val,
-            callbacks=[EarlyStopping(), Checkpoint(path)], progress=False, resume_from=path)
+        fit(
+            other,
+            unseeded,
+            loss_fn,
+            torch.optim.SGD(other.parameters(), lr=0.1),
+            3,
+            val_loader=val,
+            callbacks=[EarlyStopping(), Checkpoint(path)],
+            progress=False,
+            resume_from=path,
+        )
     assert_same_params(params(other), before)  # a refused resume changes nothing
     fresh = make_model()
-    epoch, history = load_checkpoint(path, model=fresh, restore_rng=False)  # weights only: no callbacks needed
+    epoch, history = load_checkpoint(
+        path, model=fresh, restore_rng=False
+    )  # weights only: no callbacks needed
     assert epoch == 2 and len(history) == 2
     assert_same_params(params(fresh), params(model))
 
@@ -504,7 +653,9 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path):
     path = tmp_path / "c.pt"
     fit(model, train, loss_fn, opt, 2, callbacks=[Checkpoint(path)], progress=False)
     before = params(model)
-    history = fit(model, train, loss_fn, opt, 2, callbacks=[Checkpoint(path)], progress=False, resume_from=path)
+    history = fit(
+        model, train, loss_fn, opt, 2, callbacks=[Checkpoint(path)], progress=False, resume_from=path
+    )
     assert len(history) == 2
     assert_same_params(params(model), before)
 
@@ -518,11 +669,19 @@ def test_load_checkpoint_of_a_missing_file_says_what_to_pass(tmp_path):
 
 
 def test_history_plot_returns_a_figure_with_labelled_loss_and_accuracy_panels():
-    h = History([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "val_accuracy": 0.5},
-                 {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7, "val_accuracy": 0.8}])
+    h = History(
+        [
+            {"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "val_accuracy": 0.5},
+            {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7, "val_accuracy": 0.8},
+        ]
+    )
     fig = h.plot()
     loss_ax, acc_ax = fig.axes
-    assert loss_ax.get_xlabel() == "epoch" and loss_ax.get_ylabel() == "loss (log scale)" and acc_ax.get_ylabel() == "accuracy"
+    assert (
+        loss_ax.get_xlabel() == "epoch"
+        and loss_ax.get_ylabel() == "loss (log scale)"
+        and acc_ax.get_ylabel() == "accuracy"
+    )
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train loss", "val loss"]
     assert list(acc_ax.lines[0].get_ydata()) == [0.5, 0.8]
     matplotlib.pyplot.close(fig)

@@ -1,4 +1,4 @@
-"""companion.data, chapter 5: the digits as an ImageFolder tree, checked loading, channel
+"""companion.datasets.digits_imagefolder and companion.loading, chapter 5: the digits as an ImageFolder tree, checked loading, channel
 statistics, the in-memory cache, the stream and the seeded loader."""
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 from torchvision import transforms
 
-import companion.data as data
-from companion.data import (
-    DIGITS_MARKER,
+import companion.datasets as datasets
+import companion.loading as loading
+from companion.datasets import DIGITS_MARKER, digits_imagefolder, digits_splits
+from companion.loading import (
     CachedDataset,
     ImageStream,
     channel_stats,
-    digits_imagefolder,
-    digits_splits,
     load_imagefolder,
     make_loader,
     seed_worker,
@@ -45,12 +44,15 @@ def tiny_splits(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Two images per class and split, so that behaviour tests write 60 files, not 1,797."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(10).repeat(2)
-    return {s: (torch.randint(0, 256, (20, 8, 8), generator=g, dtype=torch.uint8), labels) for s in data.SPLITS}
+    return {
+        s: (torch.randint(0, 256, (20, 8, 8), generator=g, dtype=torch.uint8), labels)
+        for s in datasets.SPLITS
+    }
 
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(data, "digits_splits", tiny_splits)
+    monkeypatch.setattr(datasets, "digits_splits", tiny_splits)
 
 
 def test_tree_holds_every_split_image_as_the_same_grayscale_png_in_its_class_folder(digits_tree):
@@ -63,7 +65,9 @@ def test_tree_holds_every_split_image_as_the_same_grayscale_png_in_its_class_fol
                 assert image.mode == "L" and image.size == (8, 8)
                 assert torch.equal(torch.from_numpy(np.array(image)), images[i])
     marker = json.loads((digits_tree / DIGITS_MARKER).read_text())
-    assert marker["seed"] == 0 and sum(marker["counts"]["train"].values()) == len(digits_splits(0)["train"][1])
+    assert marker["seed"] == 0 and sum(marker["counts"]["train"].values()) == len(
+        digits_splits(0)["train"][1]
+    )
 
 
 def test_imagefolder_reads_the_tree_with_class_index_equal_to_the_digit(digits_tree):
@@ -75,7 +79,9 @@ def test_imagefolder_reads_the_tree_with_class_index_equal_to_the_digit(digits_t
     assert x.shape == (1, 8, 8) and folder.classes[y] == Path(folder.samples[0][0]).parent.name
 
 
-def test_second_call_reuses_a_complete_tree_and_returns_the_relative_root_as_given(digits_tree, tmp_path, monkeypatch):
+def test_second_call_reuses_a_complete_tree_and_returns_the_relative_root_as_given(
+    digits_tree, tmp_path, monkeypatch
+):
     shutil.copytree(digits_tree, tmp_path / "data" / "digits")
     monkeypatch.chdir(tmp_path)
     before = {p: p.stat().st_mtime_ns for p in Path("data/digits").rglob("*")}
@@ -83,7 +89,7 @@ def test_second_call_reuses_a_complete_tree_and_returns_the_relative_root_as_giv
     def must_not_write(seed=0):
         raise AssertionError("a complete tree must be reused, not rewritten")
 
-    monkeypatch.setattr(data, "digits_splits", must_not_write)
+    monkeypatch.setattr(datasets, "digits_splits", must_not_write)
     assert digits_imagefolder("data/digits") == Path("data/digits")
     assert {p: p.stat().st_mtime_ns for p in Path("data/digits").rglob("*")} == before
 
@@ -123,7 +129,9 @@ def test_empty_existing_folder_is_filled(tiny, tmp_path):
 def test_folder_with_other_files_is_refused_naming_it_and_left_untouched(tiny, tmp_path):
     (tmp_path / "digits").mkdir()
     (tmp_path / "digits" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match=r"digits exists and holds files that digits_imagefolder did not write"):
+    with pytest.raises(
+        FileExistsError, match=r"digits exists and holds files that digits_imagefolder did not write"
+    ):
         digits_imagefolder(tmp_path / "digits")
     assert [p.name for p in (tmp_path / "digits").iterdir()] == ["notes.txt"]
 
@@ -143,14 +151,18 @@ def test_tree_of_another_seed_is_refused_naming_both_seeds(tiny, tmp_path):
 def test_tree_with_a_missing_image_is_refused_as_modified(tiny, tmp_path):
     root = digits_imagefolder(tmp_path / "digits")
     next(root.glob("val/7/*.png")).unlink()
-    with pytest.raises(FileExistsError, match=r"val[/\\]7 holds 1 PNG files where digits_imagefolder wrote 2"):
+    with pytest.raises(
+        FileExistsError, match=r"val[/\\]7 holds 1 PNG files where digits_imagefolder wrote 2"
+    ):
         digits_imagefolder(root)
 
 
 def test_damaged_marker_is_refused(tiny, tmp_path):
     root = digits_imagefolder(tmp_path / "digits")
     (root / DIGITS_MARKER).write_text("{not json")
-    with pytest.raises(FileExistsError, match=r"is damaged .*delete .*digits and call digits_imagefolder again"):
+    with pytest.raises(
+        FileExistsError, match=r"is damaged .*delete .*digits and call digits_imagefolder again"
+    ):
         digits_imagefolder(root)
 
 
@@ -185,7 +197,9 @@ def test_root_that_is_a_file_names_the_path(tmp_path):
 
 
 def test_empty_root_says_it_has_no_class_folders(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"has no class folders; ImageFolder needs .*<class name>/<image files>"):
+    with pytest.raises(
+        FileNotFoundError, match=r"has no class folders; ImageFolder needs .*<class name>/<image files>"
+    ):
         load_imagefolder(tmp_path)
 
 
@@ -199,7 +213,9 @@ def test_images_directly_in_root_are_counted_in_the_message(tmp_path):
 def test_hidden_folder_that_would_become_a_class_is_named(tmp_path):
     write_png(tmp_path / "cat" / "1.png")
     (tmp_path / ".ipynb_checkpoints").mkdir()
-    with pytest.raises(ValueError, match=r"\.ipynb_checkpoints is a hidden folder that ImageFolder would count as a class"):
+    with pytest.raises(
+        ValueError, match=r"\.ipynb_checkpoints is a hidden folder that ImageFolder would count as a class"
+    ):
         load_imagefolder(tmp_path)
 
 
@@ -213,12 +229,16 @@ def test_class_folder_without_images_is_named(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 10], ids=["empty", "text", "truncated"]
+    "content",
+    [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 10],
+    ids=["empty", "text", "truncated"],
 )
 def test_unreadable_image_file_is_named(tmp_path, content):
     write_png(tmp_path / "cat" / "1.png")
     (tmp_path / "cat" / "2.png").write_bytes(content)
-    with pytest.raises(ValueError, match=r"cat[/\\]2\.png is not a readable image \(\w+\); delete or replace it"):
+    with pytest.raises(
+        ValueError, match=r"cat[/\\]2\.png is not a readable image \(\w+\); delete or replace it"
+    ):
         load_imagefolder(tmp_path)
 
 
@@ -248,8 +268,12 @@ def test_channel_stats_equal_mean_and_population_std_over_all_pixels():
     images = [torch.rand(3, h, w, generator=g) * scale for h, w in [(4, 5), (6, 2), (3, 3)]]
     mean, std = channel_stats(images)
     pixels = torch.cat([im.reshape(3, -1) for im in images], dim=1).double()
-    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), pixels.mean(dim=1), rtol=1e-12, atol=0)
-    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), pixels.std(dim=1, correction=0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(mean, dtype=torch.float64), pixels.mean(dim=1), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        torch.tensor(std, dtype=torch.float64), pixels.std(dim=1, correction=0), rtol=1e-12, atol=0
+    )
 
 
 def test_channel_stats_of_batches_equal_those_of_single_images():
@@ -262,15 +286,22 @@ def test_channel_stats_of_batches_equal_those_of_single_images():
 
 def test_channel_stats_stay_exact_for_a_large_offset_in_float32():
     # E[x^2] - E[x]^2 would lose the small spread under the large mean; the streaming merge does not
-    x = 1000 + torch.randn(200, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 1e-3
+    x = (
+        1000
+        + torch.randn(200, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 1e-3
+    )
     mean, std = channel_stats(x.float())
     exact = x.float().double()
-    assert abs(mean[0] - exact.mean().item()) < 1e-9 and abs(std[0] / exact.std(correction=0).item() - 1) < 1e-9
+    assert (
+        abs(mean[0] - exact.mean().item()) < 1e-9 and abs(std[0] / exact.std(correction=0).item() - 1) < 1e-9
+    )
 
 
 def test_normalizing_with_channel_stats_gives_mean_0_and_std_1(digits_tree):
     mean, std = channel_stats(load_imagefolder(digits_tree / "train", GRAY))
-    normalized = load_imagefolder(digits_tree / "train", transforms.Compose([GRAY, transforms.Normalize(mean, std)]))
+    normalized = load_imagefolder(
+        digits_tree / "train", transforms.Compose([GRAY, transforms.Normalize(mean, std)])
+    )
     mean2, std2 = channel_stats(normalized)
     assert abs(mean2[0]) < 1e-6 and abs(std2[0] - 1) < 1e-6
 
@@ -355,7 +386,9 @@ def test_cache_rejects_an_iterable_dataset():
 
 
 def test_cache_rejects_items_that_are_not_tensor_target_pairs(digits_tree):
-    with pytest.raises(TypeError, match="item 0 is tuple; end the dataset's transform with transforms.ToTensor()"):
+    with pytest.raises(
+        TypeError, match="item 0 is tuple; end the dataset's transform with transforms.ToTensor()"
+    ):
         CachedDataset(load_imagefolder(digits_tree / "val"))
 
 
@@ -408,7 +441,9 @@ class RandomDraws(Dataset):
         return 8
 
     def __getitem__(self, i: int):
-        return torch.tensor([random.random(), float(np.random.rand()), torch.rand(1).item()], dtype=torch.float64)
+        return torch.tensor(
+            [random.random(), float(np.random.rand()), torch.rand(1).item()], dtype=torch.float64
+        )
 
 
 def test_workers_draw_the_same_random_numbers_for_the_same_seed():
@@ -469,38 +504,50 @@ def flatten(batch):
 
 
 def test_defined_in_main_names_cell_defined_classes_and_functions_however_deep():
-    assert data.defined_in_main(Squares()) == ["Squares"]
-    assert data.defined_in_main({"inner": [transforms.Lambda(flatten)]}) == ["flatten"]
+    assert loading.defined_in_main(Squares()) == ["Squares"]
+    assert loading.defined_in_main({"inner": [transforms.Lambda(flatten)]}) == ["flatten"]
 
 
 def test_defined_in_main_is_empty_for_importable_objects(digits_tree):
     dataset = CachedDataset(load_imagefolder(digits_tree / "val", GRAY))
-    assert data.defined_in_main(dataset) == [] and data.defined_in_main(seed_worker) == []
+    assert loading.defined_in_main(dataset) == [] and loading.defined_in_main(seed_worker) == []
 
 
 @pytest.fixture
 def in_a_notebook(monkeypatch):
     """pytest's own __main__ has a file; a notebook kernel's has none."""
-    monkeypatch.setattr(data, "_main_is_importable", lambda: False)
+    monkeypatch.setattr(loading, "_main_is_importable", lambda: False)
 
 
 @pytest.mark.parametrize("context", ["spawn", "forkserver"])
-def test_in_a_notebook_make_loader_refuses_main_definitions_for_spawned_workers_naming_them(in_a_notebook, context):
-    with pytest.raises(TypeError, match=rf"Squares is defined in __main__ .*'{context}' worker processes cannot import"):
+def test_in_a_notebook_make_loader_refuses_main_definitions_for_spawned_workers_naming_them(
+    in_a_notebook, context
+):
+    with pytest.raises(
+        TypeError, match=rf"Squares is defined in __main__ .*'{context}' worker processes cannot import"
+    ):
         make_loader(Squares(), 2, shuffle=False, num_workers=1, multiprocessing_context=context)
     with pytest.raises(TypeError, match=r"flatten is defined in __main__"):
-        make_loader(TensorDataset(torch.zeros(4)), 2, shuffle=False, num_workers=1, collate_fn=flatten,
-                    multiprocessing_context=torch.multiprocessing.get_context(context))
+        make_loader(
+            TensorDataset(torch.zeros(4)),
+            2,
+            shuffle=False,
+            num_workers=1,
+            collate_fn=flatten,
+            multiprocessing_context=torch.multiprocessing.get_context(context),
+        )
 
 
 def test_make_loader_accepts_main_definitions_without_workers_or_with_fork(in_a_notebook):
     assert list(make_loader(Squares(), 2, shuffle=False, collate_fn=flatten))[1].tolist() == [4.0, 9.0]
     if "fork" in torch.multiprocessing.get_all_start_methods():  # not on Windows
-        make_loader(Squares(), 2, shuffle=False, num_workers=1, multiprocessing_context="fork")  # fork copies __main__
+        make_loader(
+            Squares(), 2, shuffle=False, num_workers=1, multiprocessing_context="fork"
+        )  # fork copies __main__
 
 
 def test_make_loader_accepts_main_definitions_when_main_is_a_script_that_workers_reimport():
-    assert data._main_is_importable()  # pytest runs from a file, as a script would
+    assert loading._main_is_importable()  # pytest runs from a file, as a script would
     make_loader(Squares(), 2, shuffle=False, num_workers=1, multiprocessing_context="spawn")
 
 

@@ -1,15 +1,13 @@
-"""Data for the book's chapters: generated problems and real, bundled images (chapters 1 to 6),
-and loading images from disk with torch's DataLoader (chapter 5, "Loading data")."""
+"""Chapter 5, "Loading data": image folders checked before they are trusted, normalization
+statistics, caching decoded images, and ``DataLoader`` set-ups that are seeded and safe to spawn."""
 
 from __future__ import annotations
 
 import io
-import json
 import multiprocessing
 import os
 import pickle
 import random
-import shutil
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -25,182 +23,11 @@ if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
 
 
-def make_linear_regression(
-    n: int, d: int, noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A linear regression problem with known answer.
-
-    Draws ``X ~ N(0, 1)`` of shape ``(n, d)``, true weights ``w ~ N(0, 1)`` of shape ``(d,)``
-    and targets
-
-    .. math:: y = X w + \\varepsilon, \\qquad \\varepsilon \\sim \\mathcal N(0, \\text{noise}^2)
-
-    of shape ``(n, 1)``, so that ``nn.Linear(d, 1)`` and ``nn.MSELoss`` fit them without a
-    reshape. The generator is local: the call does not touch the global RNG.
-
-    Returns:
-        ``(X, y, w)``: features ``(n, d)``, targets ``(n, 1)`` and the true weights ``(d,)``,
-        all of ``dtype`` (``float32`` unless you ask for another, whatever the default dtype).
-    """
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}; pass e.g. torch.float64")
-    for name, value in (("n", n), ("d", d)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value <= 0:
-            raise ValueError(f"{name} must be a positive number of {'samples' if name == 'n' else 'features'}, got {value}")
-    if not noise >= 0:  # also catches NaN
-        raise ValueError(f"noise is a standard deviation and must be >= 0, got {noise}; pass 0 for exact targets")
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=g, dtype=dtype)
-    w = torch.randn(d, generator=g, dtype=dtype)
-    y = X @ w + noise * torch.randn(n, generator=g, dtype=dtype)
-    return X, y.unsqueeze(1), w
-
-
-SPLITS = ("train", "val", "test")
-SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
-
-
-def digits_splits(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's bundled handwritten digits, split into train, val and test.
-
-    The 1,797 images are 8x8 pixels of 16 grey levels (0..16), scaled here to 8-bit grey
-    ``round(v * 255 / 16)`` as an image file would hold them. The split is stratified by class
-    (every digit in the same proportion in each part) with fractions 70/15/15, and
-    deterministic for a given ``seed``.
-
-    Returns:
-        ``{"train": (images, labels), "val": ..., "test": ...}``: images ``uint8`` of shape
-        ``(n, 8, 8)``, labels ``int64`` of shape ``(n,)``.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).mul(255 / 16).round().to(torch.uint8)
-    labels = torch.from_numpy(digits.target).long()
-    index = torch.arange(len(labels)).numpy()
-    rest_frac = SPLIT_FRACTIONS[1] + SPLIT_FRACTIONS[2]
-    train_idx, rest_idx = train_test_split(index, test_size=rest_frac, stratify=labels.numpy(), random_state=seed)
-    val_idx, test_idx = train_test_split(
-        rest_idx, test_size=SPLIT_FRACTIONS[2] / rest_frac, stratify=labels[rest_idx].numpy(), random_state=seed
-    )
-    return {
-        name: (images[torch.from_numpy(idx)], labels[torch.from_numpy(idx)])
-        for name, idx in zip(SPLITS, (train_idx, val_idx, test_idx))
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Chapter 5, "Loading data": the digits as image files, and loading them with torch's DataLoader
-# ---------------------------------------------------------------------------------------------
-
-DIGITS_MARKER = "companion_digits.json"
-"""The file :func:`digits_imagefolder` writes last into a tree; a tree without it is not trusted."""
-
-
-def digits_imagefolder(root: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write the bundled digits as PNG files in an ImageFolder tree, once; return ``Path(root)``.
-
-    The layout is the one :class:`torchvision.datasets.ImageFolder` reads, one folder per split
-    and per class::
-
-        root/train/0/0000.png ... root/train/9/...   (70 %, from digits_splits(seed))
-        root/val/<class>/*.png                        (15 %)
-        root/test/<class>/*.png                       (15 %)
-        root/companion_digits.json                    (the seed and the counts, written last)
-
-    Each image is an 8x8 8-bit grayscale PNG (PIL mode ``"L"``) of :func:`digits_splits`.
-
-    - **Idempotent.** When ``root`` already holds a complete tree for this ``seed`` (the marker
-      file names the seed and the number of images per split and class, and the folders hold
-      exactly that many PNG files) nothing is written and the call returns at once.
-    - **Atomic.** The tree is written into ``.<name>.partial`` beside ``root`` and renamed to
-      ``root`` only when complete, so an interrupted call never leaves a tree a later call
-      trusts. A ``.partial`` folder left by an interrupted call is deleted by the next one (so
-      two processes must not build the same root at the same moment).
-    - **Never overwrites.** If ``root`` exists and is not a complete tree for ``seed``: an empty
-      folder is replaced; anything else (a file, a folder with other files, a tree of another
-      seed, a tree of ours with files missing) raises :class:`FileExistsError` (or
-      :class:`NotADirectoryError`) naming ``root`` and saying what to do. The data stays.
-
-    Returns ``Path(root)`` as given (a relative path stays relative, so it prints portably).
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}; pass e.g. seed=0")
-    root = Path(root)
-    if root.name in ("", ".", ".."):
-        raise ValueError(f"root must name a folder of its own, got {str(root)!r}; pass e.g. 'data/digits'")
-    partial = root.parent / f".{root.name}.partial"
-    if partial.exists():  # left by an interrupted call: never trusted, never reused
-        shutil.rmtree(partial)
-    if _digits_tree_is_complete(root, seed):
-        return root
-    if root.is_dir() and not any(root.iterdir()):
-        root.rmdir()  # an empty folder holds nothing to lose
-
-    splits = digits_splits(seed)
-    counts = {name: {str(c): int((labels == c).sum()) for c in range(10)} for name, (_, labels) in splits.items()}
-    partial.mkdir(parents=True)
-    try:
-        for name, (images, labels) in splits.items():
-            for c in range(10):
-                (partial / name / str(c)).mkdir(parents=True)
-            for i, (image, label) in enumerate(zip(images, labels)):
-                Image.fromarray(image.numpy()).save(partial / name / str(int(label)) / f"{i:04d}.png")
-        marker = {"dataset": "sklearn.datasets.load_digits", "seed": seed, "counts": counts}
-        (partial / DIGITS_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-    except BaseException:  # interrupted or failed: leave nothing behind
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    try:
-        partial.rename(root)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)
-        if _digits_tree_is_complete(root, seed):  # another process wrote the same tree first
-            return root
-        raise
-    return root
-
-
-def _digits_tree_is_complete(root: Path, seed: int) -> bool:
-    """True for a complete tree of ``seed``, False for no tree (absent or empty folder); raises otherwise."""
-    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
-        return False
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root} is a file, not a folder; pass a folder path for the digits, e.g. 'data/digits'")
-    marker = root / DIGITS_MARKER
-    if not marker.is_file():
-        raise FileExistsError(
-            f"{root} exists and holds files that digits_imagefolder did not write (no {DIGITS_MARKER} in it); "
-            f"pass a new or empty folder as root, or delete {root} if it holds nothing you need"
-        )
-    try:
-        written = json.loads(marker.read_text())
-        written_seed = written["seed"]
-        expected = {(split, c): int(written["counts"][split][str(c)]) for split in SPLITS for c in range(10)}
-    except (ValueError, KeyError, TypeError) as e:
-        raise FileExistsError(f"{marker} is damaged ({e!r}); delete {root} and call digits_imagefolder again") from e
-    if written_seed != seed:
-        raise FileExistsError(
-            f"{root} holds the digits split with seed={written_seed}, not seed={seed}; "
-            f"pass seed={written_seed}, or another root for seed={seed}"
-        )
-    for split in SPLITS:
-        for c in range(10):
-            folder = root / split / str(c)
-            found = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
-            if found != expected[split, c]:
-                raise FileExistsError(
-                    f"{folder} holds {found} PNG files where digits_imagefolder wrote {expected[split, c]}: "
-                    f"the tree at {root} was modified; delete {root} and call digits_imagefolder again"
-                )
-    return True
-
-
 def load_imagefolder(
-    root: str | os.PathLike[str], transform: Callable | None = None, *, target_transform: Callable | None = None
+    root: str | os.PathLike[str],
+    transform: Callable | None = None,
+    *,
+    target_transform: Callable | None = None,
 ) -> ImageFolder:
     """``torchvision.datasets.ImageFolder(root, transform)``, after checking the folder first.
 
@@ -229,7 +56,7 @@ def load_imagefolder(
     if not root.exists():
         raise FileNotFoundError(
             f"no image folder at {root}: it does not exist; pass the folder that holds one subfolder per class "
-            f"(companion.data.digits_imagefolder writes such folders)"
+            f"(companion.datasets.digits_imagefolder writes such folders)"
         )
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is a file; pass the folder that holds one subfolder per class")
@@ -243,14 +70,19 @@ def load_imagefolder(
     if not classes:
         loose = sum(1 for p in root.iterdir() if p.is_file())
         raise FileNotFoundError(
-            f"{root} has no class folders" + (f" (it holds {loose} files directly)" if loose else "")
+            f"{root} has no class folders"
+            + (f" (it holds {loose} files directly)" if loose else "")
             + f"; ImageFolder needs {root}/<class name>/<image files>, one folder per class"
         )
     for folder in classes:
         files = sorted(Path(d, f) for d, _, names in os.walk(folder, followlinks=True) for f in names)
         images = [f for f in files if f.name.lower().endswith(IMG_EXTENSIONS)]
         if not images:
-            others = f" (only {', '.join(f.name for f in files[:3])}{', ...' if len(files) > 3 else ''})" if files else ""
+            others = (
+                f" (only {', '.join(f.name for f in files[:3])}{', ...' if len(files) > 3 else ''})"
+                if files
+                else ""
+            )
             raise FileNotFoundError(
                 f"class folder {folder} holds no image file{others}; ImageFolder reads {', '.join(IMG_EXTENSIONS)}"
             )
@@ -343,8 +175,12 @@ class CachedDataset(Dataset):
     One tensor also travels cheaply to worker processes (shared memory, or inherited on fork).
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+    def __init__(
+        self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        if isinstance(dataset, IterableDataset) or not (
+            hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+        ):
             raise TypeError(
                 f"CachedDataset needs a map-style dataset (with __len__ and __getitem__), got {type(dataset).__name__}; "
                 f"an IterableDataset can be cached with list(...) if it fits in memory"
@@ -451,7 +287,9 @@ class _MainFinder(pickle.Pickler):
         return NotImplemented  # let pickle go on as usual
 
     def persistent_id(self, obj: object) -> str | None:
-        return "tensor" if isinstance(obj, (torch.Tensor, torch.UntypedStorage)) else None  # don't copy tensor data
+        return (
+            "tensor" if isinstance(obj, (torch.Tensor, torch.UntypedStorage)) else None
+        )  # don't copy tensor data
 
 
 def make_loader(
@@ -480,7 +318,9 @@ def make_loader(
     :class:`TypeError` at once, instead of the workers dying at the first batch.
     """
     if not isinstance(shuffle, bool):
-        raise TypeError(f"shuffle must be True or False, got {shuffle!r}; pass shuffle=True for training data")
+        raise TypeError(
+            f"shuffle must be True or False, got {shuffle!r}; pass shuffle=True for training data"
+        )
     kwargs.setdefault("worker_init_fn", seed_worker)
     if isinstance(num_workers, int) and num_workers > 0:
         method = _start_method(kwargs.get("multiprocessing_context"))

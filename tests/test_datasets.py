@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from companion.data import make_linear_regression
+from companion.datasets import make_linear_regression
 
 
 def test_linear_regression_shapes_fit_nn_linear_and_mse():
@@ -68,7 +68,7 @@ def test_float_size_is_a_type_error():
 
 
 def test_digits_splits_are_disjoint_stratified_and_cover_all_images():
-    from companion.data import digits_splits
+    from companion.datasets import digits_splits
 
     splits = digits_splits(seed=0)
     sizes = {k: len(v[1]) for k, v in splits.items()}
@@ -82,7 +82,9 @@ def test_digits_splits_are_disjoint_stratified_and_cover_all_images():
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    every = sorted(tuple(img.flatten().tolist()) + (int(lab),) for v in splits.values() for img, lab in zip(*v))
+    every = sorted(
+        tuple(img.flatten().tolist()) + (int(lab),) for v in splits.values() for img, lab in zip(*v)
+    )
     expected = sorted(
         tuple(torch.from_numpy(img).mul(255 / 16).round().to(torch.uint8).flatten().tolist()) + (int(lab),)
         for img, lab in zip(digits.images, digits.target)
@@ -91,7 +93,7 @@ def test_digits_splits_are_disjoint_stratified_and_cover_all_images():
 
 
 def test_digits_splits_are_deterministic_per_seed():
-    from companion.data import digits_splits
+    from companion.datasets import digits_splits
 
     a, b, c = digits_splits(0), digits_splits(0), digits_splits(1)
     assert torch.equal(a["test"][1], b["test"][1]) and torch.equal(a["test"][0], b["test"][0])
