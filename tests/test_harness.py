@@ -2,6 +2,9 @@
 
 import configparser
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbval.plugin
@@ -41,3 +44,59 @@ def test_stderr_is_left_out_of_the_comparison_and_stdout_kept():
     ]
     kept = nbval.plugin.coalesce_streams(outputs)
     assert [(o.output_type, o.get("name")) for o in kept] == [("stream", "stdout"), ("error", None)]
+
+
+# --- the patch in conftest.py, proven where it matters: in a real nbval run --------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CELL = "import sys\nprint('loss 0.25')\nprint('progress', file=sys.stderr)"
+
+
+def run_nbval(
+    tmp_path: Path, stdout: str, stderr: str, with_conftest: bool = True
+) -> subprocess.CompletedProcess:
+    """Run strict nbval on a one-cell notebook whose committed outputs are ``stdout`` and ``stderr``."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(CELL, execution_count=1)
+    cell.outputs = [
+        new_output("stream", name="stdout", text=stdout),
+        new_output("stream", name="stderr", text=stderr),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "one.ipynb")
+    if with_conftest:
+        shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval",
+            "--nbval-current-env",
+            "-p",
+            "no:cacheprovider",
+            "one.ipynb",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_nbval_run_passes_when_only_stderr_differs(tmp_path):
+    result = run_nbval(tmp_path, stdout="loss 0.25\n", stderr="a bar from another run\n")
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_nbval_run_still_fails_when_stdout_differs(tmp_path):
+    result = run_nbval(tmp_path, stdout="loss 0.26\n", stderr="progress\n")
+    assert result.returncode == 1, result.stdout[-2000:]
+
+
+def test_without_the_conftest_patch_nbval_would_compare_stderr(tmp_path):
+    """The control: if nbval ever stops comparing stderr by itself, the patch is dead code."""
+    result = run_nbval(tmp_path, stdout="loss 0.25\n", stderr="a bar from another run\n", with_conftest=False)
+    assert result.returncode == 1, result.stdout[-2000:]

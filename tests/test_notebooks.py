@@ -33,6 +33,7 @@ def output_texts(cell):
                 yield value if isinstance(value, str) else "".join(value)
         if out.output_type == "error":
             yield out.get("evalue", "")
+            yield "\n".join(out.get("traceback", []))
 
 
 def test_there_are_chapters():
@@ -98,3 +99,48 @@ def test_notebook_ends_with_exercises(nb):
         if c.cell_type == "markdown" and re.search(r"^#+ Exercises", c.source, re.M)
     ]
     assert headings, "each chapter ends with an '## Exercises' section"
+
+
+PROGRESS_BAR = re.compile(r"\d+%\|")
+DISPLAY_MATH = re.compile(r"\$\$")
+
+
+def test_no_committed_output_keeps_stderr_progress_bars(nb):
+    """GitHub and Colab show committed stderr, though the book and the tests leave it out."""
+    for i, cell in enumerate(code_cells(nb), 1):
+        for out in cell.outputs:
+            if out.output_type == "stream" and out.name == "stderr":
+                assert not PROGRESS_BAR.search(out.text), f"code cell {i} stores a progress bar in stderr"
+
+
+def display_math_blocks_not_standing_alone(markdown: str) -> list[str]:
+    """The lines where a ``$$`` display block opens straight after a text line.
+
+    MyST's dollarmath reads ``$$...$$`` as display math only when it starts a paragraph; glued to
+    the line above, it renders as inline math with a literal ``$`` on each side.
+    """
+    bad, lines, inside = [], markdown.splitlines(), False
+    for k, line in enumerate(lines):
+        if inside:
+            inside = line.strip().endswith("$$") is False
+            continue
+        if line.lstrip().startswith("$$"):
+            if k > 0 and lines[k - 1].strip():
+                bad.append(line)
+            stripped = line.strip()
+            inside = stripped == "$$" or not (len(stripped) > 2 and stripped.endswith("$$"))
+    return bad
+
+
+def test_the_display_math_check_finds_a_glued_block():
+    assert display_math_blocks_not_standing_alone("text\n$$x^2$$\n") == ["$$x^2$$"]
+    assert display_math_blocks_not_standing_alone("text\n\n$$x^2$$\n\nmore") == []
+    assert display_math_blocks_not_standing_alone("text\n\n$$\nx\n$$\nmore") == []
+
+
+def test_display_math_stands_as_its_own_paragraph(nb):
+    for i, cell in enumerate(nb.cells, 1):
+        if cell.cell_type == "markdown":
+            assert not display_math_blocks_not_standing_alone(cell.source), (
+                f"cell {i}: put a blank line before the $$ block so that it renders as display math"
+            )
