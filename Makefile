@@ -40,7 +40,9 @@ lint: $(STAMP)  ## ruff check and ruff format --check (configured in pyproject.t
 lab: $(STAMP)  ## JupyterLab on the chapters
 	$(BIN)/jupyter lab book
 
-bench: $(STAMP)  ## the benchmarks in benchmarks/
+# Lightning is timed beside companion.fit: the optional `bench` extra (pyproject.toml) installs it once.
+bench: $(STAMP)  ## the benchmarks in benchmarks/ (installs the `bench` extra, Lightning, when it is missing)
+	$(BIN)/python -c "import lightning" 2>/dev/null || $(BIN)/python -m pip install -e '.[bench]'
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -1,0 +1,93 @@
+"""benchmarks/fit_overhead.py compares like with like: every runner does the same computation."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "fit_overhead.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("fit_overhead", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_benchmark()
+CASES = {case.name: case for case in bench.CASES}
+EPOCHS = 2
+
+
+def tiny(case):
+    """The first 100 samples of each split: 2 or 4 batches per epoch, the last one short.
+
+    Short, as in the benchmark (1,257 training images): when the samples fill the last batch exactly,
+    Lightning stops at the known length without exhausting the sampler, while a ``for`` loop asks once
+    more and so `RandomSampler` draws one more (unused) permutation from the loader's generator. From the
+    second epoch on the two would then shuffle differently and could not be compared bit for bit.
+    """
+    return bench.data(case.flat, limit=100)
+
+
+def test_the_cases_are_the_ones_the_issue_names():
+    assert (CASES["MLP"].batch_size, CASES["MLP"].epochs) == (32, 5)
+    sizes = [tuple(p.shape) for p in CASES["MLP"].make_model().parameters()]
+    assert sizes == [(128, 64), (128,), (10, 128), (10,)]
+    assert tuple(tiny(CASES["MLP"])["train"][0][0].shape) == (64,)
+    assert tuple(tiny(CASES["CNN"])["train"][0][0].shape) == (1, 8, 8)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fit_and_the_hand_loop_end_with_the_same_weights_and_metrics(name):
+    case = CASES[name]
+    datasets = tiny(case)
+    fit, hand = bench.run_fit(case, datasets, EPOCHS), bench.run_hand(case, datasets, EPOCHS)
+    untrained = bench.setup(case, datasets, EPOCHS)[0]
+    assert not bench.same_weights(
+        hand.model, untrained
+    )  # the hand loop trained: the check below means something
+    assert bench.same_weights(fit.model, hand.model)
+    assert fit.last == pytest.approx(hand.last, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_lightning_ends_with_the_hand_loops_weights_and_metrics(name):
+    pytest.importorskip("lightning")
+    lightning = bench.import_lightning()
+    case = CASES[name]
+    datasets = tiny(case)
+    threads = torch.get_num_threads()
+    light = bench.run_lightning(case, datasets, EPOCHS, lightning)
+    hand = bench.run_hand(case, datasets, EPOCHS)
+    assert bench.same_weights(light.model, hand.model)
+    assert light.last == pytest.approx(hand.last, rel=1e-6)  # Lightning logs float32 means
+    assert torch.get_num_threads() == threads
+
+
+def test_measure_times_each_runner_once_per_repeat():
+    case = CASES["MLP"]
+    times = bench.measure(
+        case, tiny(case), {"fit": bench.run_fit, "hand": bench.run_hand}, repeats=2, epochs=1
+    )
+    assert {name: len(t) for name, t in times.items()} == {"fit": 2, "hand": 2}
+    assert all(s > 0 for t in times.values() for s in t)
+    assert bench.ratio({"fit": [2.0, 3.0, 9.0], "hand": [1.0, 1.0, 3.0]}, "fit") == 3.0
+
+
+def test_measure_refuses_a_runner_that_does_other_work():
+    case = CASES["MLP"]
+
+    def one_step_more(case, datasets, epochs):
+        run = bench.run_hand(case, datasets, epochs)
+        with torch.no_grad():
+            next(run.model.parameters()).add_(1e-3)
+        return run
+
+    runners = {"fit": one_step_more, "hand": bench.run_hand}
+    with pytest.raises(AssertionError, match="fit and the hand-written loop must end with the same weights"):
+        bench.measure(case, tiny(case), runners, repeats=1, epochs=1)
