@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import numbers
 import os
 import pickle
 import random
@@ -16,11 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
+
+_TO_FLOAT_TENSOR = "v2.ToImage(), v2.ToDtype(torch.float32, scale=True)"
 
 
 def load_imagefolder(
@@ -41,13 +44,17 @@ def load_imagefolder(
     - ``root`` has no class folder (:class:`FileNotFoundError`), or a hidden one such as
       Jupyter's ``.ipynb_checkpoints``, which ImageFolder would take for a class (:class:`ValueError`);
     - a class folder holds no image file (:class:`FileNotFoundError`);
-    - a file with an image extension that PIL cannot open, e.g. an empty or truncated file, or
-      one that is not an image at all (:class:`ValueError`).
+    - a file with an image extension that PIL cannot decode, e.g. an empty file, a PNG or JPEG cut
+      off before its end, or one that is not an image at all (:class:`ValueError`).
 
-    The last check reads every file once (a fraction of a millisecond per small PNG); on millions of files,
-    check once and then use ImageFolder directly. Note that ImageFolder converts every image to
-    RGB, so grayscale files come back with 3 identical channels unless the transform starts
-    with ``transforms.Grayscale()``.
+    The last check opens and decodes every file once, as ImageFolder will when a batch draws it
+    (``Image.open(path).load()``), with ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` off for the check
+    even where it was turned on: a cut-off file is damage to report, not an image. PIL's
+    ``verify()`` would be cheaper, but it really checks only PNG files (it passes a JPEG cut in
+    half). For small images decoding costs a fraction of a millisecond each; on millions of
+    files, check once and then use ImageFolder directly. Note that ImageFolder converts every
+    image to RGB, so grayscale files come back with 3 identical channels unless the transform
+    starts with ``v2.Grayscale()``.
     """
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -84,17 +91,25 @@ def load_imagefolder(
                 else ""
             )
             raise FileNotFoundError(
-                f"class folder {folder} holds no image file{others}; ImageFolder reads {', '.join(IMG_EXTENSIONS)}"
+                f"class folder {folder} holds no image file{others}; ImageFolder reads only .png, .jpg and the "
+                f"other extensions in torchvision.datasets.folder.IMG_EXTENSIONS"
             )
         for path in images:
-            try:
-                with Image.open(path) as image:
-                    image.verify()  # reads the whole file and checks it, without decoding pixels
-            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
-                raise ValueError(
-                    f"{path} is not a readable image ({type(e).__name__}); delete or replace it"
-                ) from e
+            _check_decodes(path)
     return ImageFolder(root, transform=transform, target_transform=target_transform)
+
+
+def _check_decodes(path: Path) -> None:
+    """Decode the image file at ``path`` in full, or raise a :class:`ValueError` naming it."""
+    truncated_allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a cut-off file must fail here, not be padded with grey
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes every pixel, as ImageFolder's loader will
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... for bad files
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__}); delete or replace it") from e
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_allowed
 
 
 def channel_stats(dataset: Iterable) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -115,10 +130,12 @@ def channel_stats(dataset: Iterable) -> tuple[tuple[float, ...], tuple[float, ..
 
     ``dataset`` yields images of shape ``(C, H, W)``, or batches ``(B, C, H, W)`` (a DataLoader),
     alone or as the first element of ``(image, label)``: a dataset whose transform ends with
-    ``ToTensor()``. Memory use is one image or batch. Compute it on the training split only.
+    ``v2.ToImage(), v2.ToDtype(torch.float32, scale=True)`` (pixels in :math:`[0, 1]`, the scale
+    ``Normalize`` then sees). Integer tensors are refused: their statistics would be on the
+    0..255 scale. Memory use is one image or batch. Compute it on the training split only.
 
     Returns:
-        ``(mean, std)``, two tuples of ``C`` floats: ``transforms.Normalize(mean, std)``.
+        ``(mean, std)``, two tuples of ``C`` floats: ``v2.Normalize(mean, std)``.
     """
     items = dataset if isinstance(dataset, Iterable) else (dataset[i] for i in range(len(dataset)))
     n = 0
@@ -128,7 +145,12 @@ def channel_stats(dataset: Iterable) -> tuple[tuple[float, ...], tuple[float, ..
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"channel_stats needs tensors, got {type(x).__name__}; end the dataset's transform with "
-                f"transforms.ToTensor()"
+                f"{_TO_FLOAT_TENSOR}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"channel_stats needs float images in [0, 1], got {x.dtype} (0..255 for 8-bit images); "
+                f"follow v2.ToImage() with v2.ToDtype(torch.float32, scale=True)"
             )
         if x.dim() not in (3, 4):
             raise ValueError(
@@ -169,8 +191,8 @@ class CachedDataset(Dataset):
     **Caching freezes random augmentation.** A random transform inside ``dataset`` (a random
     crop, flip, ...) runs once, at construction, so every epoch sees the same augmented image.
     Keep the deterministic part of the transform in ``dataset`` and pass the random part as
-    ``transform``: it runs on the cached tensor on every access (use the tensor versions of
-    torchvision's transforms).
+    ``transform``: it runs on the cached tensor on every access (torchvision's ``v2`` transforms
+    take tensors as well as PIL images).
 
     One tensor also travels cheaply to worker processes (shared memory, or inherited on fork).
     """
@@ -193,7 +215,7 @@ class CachedDataset(Dataset):
             if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
                 raise TypeError(
                     f"CachedDataset caches (tensor, target) pairs, item {i} is {type(item).__name__}; "
-                    f"end the dataset's transform with transforms.ToTensor()"
+                    f"end the dataset's transform with {_TO_FLOAT_TENSOR}"
                 )
             if inputs and item[0].shape != inputs[0].shape:
                 raise ValueError(
@@ -263,27 +285,60 @@ def defined_in_main(obj: object) -> list[str]:
     ``collate_fn`` pickled, and pickle stores a class or function as a reference,
     ``module.name``, not as code; the worker imports ``module`` to find ``name``. A class defined
     in a notebook cell (or an interactive session) lives in ``__main__``, which the worker cannot
-    import: it has no file. The worker dies with ``AttributeError: Can't get attribute ...``.
-    (A script's ``__main__`` has a file, which the worker re-imports, so classes defined at the
-    top level of a script are found.) This walks ``obj`` as pickle would, skipping tensor data,
-    and returns the qualified names of those references, e.g. ``['Squares', '<lambda>']``.
+    import: it has no file. Pickling succeeds, and the worker dies at its first batch with an
+    ``AttributeError``. (A script's ``__main__`` has a file, which the worker re-imports, so
+    classes defined at the top level of a script are found.) This walks ``obj`` as pickle would,
+    skipping tensor data, and returns the qualified names of those references, e.g.
+    ``['Squares', 'flatten_collate']``.
     """
-    finder = _MainFinder()
+    return list(dict.fromkeys(name for name, module in _hard_to_send(obj) if module == "__main__"))
+
+
+def lambdas_and_locals(obj: object) -> list[str]:
+    """The lambdas, and the functions and classes defined inside a function, that ``obj`` needs.
+
+    pickle stores a function or class by reference, ``module.qualname``, and checks in the
+    process that pickles that the reference leads back to it. A lambda has no name to look up
+    (its qualified name is ``<lambda>``), and a function or class defined inside another
+    function exists only in that call (its qualified name holds ``<locals>``), so pickle refuses
+    both, in the main process, wherever they were written: in a module as much as in a notebook.
+    ``spawn`` and ``forkserver`` workers can only be sent named functions and classes defined at
+    the top level of a module. This walks ``obj`` as pickle would, skipping tensor data, and
+    returns the qualified names it found, e.g. ``['<lambda>', 'make_scale.<locals>.scale']``.
+    """
+    return list(dict.fromkeys(name for name, _ in _hard_to_send(obj) if _is_local(name)))
+
+
+def _is_local(qualname: str) -> bool:
+    return "<lambda>" in qualname or "<locals>" in qualname
+
+
+def _hard_to_send(obj: object) -> list[tuple[str, str | None]]:
+    """``(qualname, module)`` of every class and function in ``obj`` that lives in ``__main__`` or is local."""
+    finder = _ReferenceFinder()
     try:
         finder.dump(obj)
     except Exception:  # noqa: BLE001 - unpicklable for another reason: what was found so far still counts
         pass
-    return list(dict.fromkeys(finder.found))
+    return finder.found
 
 
-class _MainFinder(pickle.Pickler):
+class _ReferenceFinder(pickle.Pickler):
+    """Pickles into nothing, recording the references a spawned worker could not resolve.
+
+    Each one found is pickled as its name instead, so that the walk goes on past it and finds
+    them all; tensor data is skipped."""
+
     def __init__(self) -> None:
         super().__init__(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
-        self.found: list[str] = []
+        self.found: list[tuple[str, str | None]] = []
 
     def reducer_override(self, obj: object) -> object:
-        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
-            self.found.append(obj.__qualname__)
+        if isinstance(obj, (type, types.FunctionType)):
+            name, module = getattr(obj, "__qualname__", "?"), getattr(obj, "__module__", None)
+            if module == "__main__" or _is_local(name):
+                self.found.append((name, module))
+                return str, (name,)
         return NotImplemented  # let pickle go on as usual
 
     def persistent_id(self, obj: object) -> str | None:
@@ -297,7 +352,8 @@ def make_loader(
     batch_size: int,
     *,
     shuffle: bool,
-    seed: int = 0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
     num_workers: int = 0,
     **kwargs: object,
 ) -> DataLoader:
@@ -307,47 +363,107 @@ def make_loader(
                    generator=torch.Generator().manual_seed(seed), worker_init_fn=seed_worker, **kwargs)
 
     The loader's own generator decides the shuffled order and the workers' seeds, so the same
-    ``seed`` gives the same batches in the same order every run, whatever else drew random
-    numbers before. ``kwargs`` are DataLoader's: ``drop_last``, ``collate_fn``,
-    ``persistent_workers``, ``pin_memory``, ``multiprocessing_context``, ...
+    ``seed`` (0 unless given) gives the same batches in the same order every run, whatever else
+    drew random numbers before. Pass a ``generator`` instead of a ``seed`` to draw from your own
+    (one you seed, save or share): it is used as given, not reseeded. ``kwargs`` are
+    DataLoader's: ``drop_last``, ``collate_fn``, ``persistent_workers``, ``pin_memory``,
+    ``multiprocessing_context``, ...
 
     With workers started by ``spawn`` or ``forkserver`` (the default on macOS and Windows, and
-    on Linux from Python 3.14) the dataset, its transform and ``collate_fn`` are pickled to
-    each worker and must be importable from a module, like this package's classes. When they
-    were defined in a notebook cell (see :func:`defined_in_main`), this raises a
-    :class:`TypeError` at once, instead of the workers dying at the first batch.
+    on Linux from Python 3.14) the dataset, its transforms, ``collate_fn`` and
+    ``worker_init_fn`` are pickled to each worker, and must be named functions and classes
+    defined at the top level of a module, like this package's. Before any worker starts, this
+    raises a :class:`TypeError` naming what could not reach them: lambdas and local functions
+    or classes (see :func:`lambdas_and_locals`), which pickle refuses, and in a notebook the
+    classes and functions defined in a cell (see :func:`defined_in_main`), which would kill
+    the workers at the first batch.
     """
     if not isinstance(shuffle, bool):
         raise TypeError(
             f"shuffle must be True or False, got {shuffle!r}; pass shuffle=True for training data"
         )
+    generator = _generator(seed, generator)
     kwargs.setdefault("worker_init_fn", seed_worker)
     if isinstance(num_workers, int) and num_workers > 0:
         method = _start_method(kwargs.get("multiprocessing_context"))
-        if method != "fork" and not _main_is_importable():
-            needed = (dataset, kwargs.get("collate_fn"), kwargs["worker_init_fn"])
-            names = [name for obj in needed for name in defined_in_main(obj)]
-            if names:
-                raise TypeError(
-                    f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} defined in __main__ (here a notebook cell "
-                    f"or an interactive session), which {method!r} worker processes cannot import; move "
-                    f"{'it' if len(names) == 1 else 'them'} into a module (a .py file) and import from there, "
-                    f"or pass num_workers=0"
-                )
+        if method != "fork":  # fork copies the process; the others pickle what the workers need
+            _refuse_what_workers_cannot_receive(
+                (dataset, kwargs.get("collate_fn"), kwargs["worker_init_fn"]), method
+            )
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator,
         **kwargs,
     )
 
 
+def _generator(seed: object, generator: object) -> torch.Generator:
+    """The loader's generator: the one given, else a new one seeded with ``seed`` (0 by default)."""
+    if generator is None:
+        seed = 0 if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}; pass e.g. seed=0")
+        return torch.Generator().manual_seed(int(seed))
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}; "
+            f"pass e.g. generator=torch.Generator().manual_seed(0), or seed=0"
+        )
+    if seed is not None:
+        raise TypeError(
+            f"got both seed={seed!r} and a generator; pass one: the generator is used as given, not reseeded"
+        )
+    return generator
+
+
+def _refuse_what_workers_cannot_receive(needed: object, method: str) -> None:
+    """Raise a :class:`TypeError` naming the lambdas, local and ``__main__`` definitions in ``needed``."""
+    local = lambdas_and_locals(needed)
+    in_main = [] if _main_is_importable() else [n for n in defined_in_main(needed) if n not in local]
+    if not (local or in_main):
+        return
+    lambdas = [n for n in local if n.endswith("<lambda>")]
+    nested = [n for n in local if n not in lambdas]
+    what = (
+        [f"{', '.join(lambdas)} {'is a lambda' if len(lambdas) == 1 else 'are lambdas'}"] if lambdas else []
+    )
+    what += [f"{', '.join(nested)} {_is(nested)} defined inside a function"] if nested else []
+    problems = []
+    if local:
+        problems.append(
+            " and ".join(what) + f": pickle cannot send {'it' if len(local) == 1 else 'them'} to {method!r} "
+            f"worker processes, from a module or not, since it sends functions and classes by importable name"
+        )
+    if in_main:
+        problems.append(
+            f"{', '.join(in_main)} {_is(in_main)} defined in __main__ (here a notebook cell or an interactive "
+            f"session), which {method!r} worker processes cannot import"
+        )
+    it = "it" if len(local) + len(in_main) == 1 else "them"
+    raise TypeError(
+        "; ".join(problems) + f"; define {it} with def or class at the top level of a module (a .py file) "
+        f"and import {it} from there, or pass num_workers=0"
+    )
+
+
+def _is(names: list[str]) -> str:
+    return "is" if len(names) == 1 else "are"
+
+
 def _main_is_importable() -> bool:
-    """Whether a spawned worker can import ``__main__``: a script or ``python -m``, not a notebook."""
+    """Whether a spawned worker can import ``__main__``: a script or ``python -m``, not a notebook.
+
+    A spawned worker imports ``__main__`` by its module name, else runs its ``__file__`` again;
+    a notebook kernel's has neither, and code piped to ``python -`` has ``__file__ == "<stdin>"``,
+    which is no file."""
     main = sys.modules.get("__main__")
-    return getattr(getattr(main, "__spec__", None), "name", None) is not None or hasattr(main, "__file__")
+    if getattr(getattr(main, "__spec__", None), "name", None) is not None:
+        return True
+    file = getattr(main, "__file__", None)
+    return isinstance(file, str) and os.path.isfile(file)
 
 
 def _start_method(context: object) -> str:

@@ -3,18 +3,22 @@ statistics, the in-memory cache, the stream and the seeded loader."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
 import random
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
-from torchvision import transforms
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
 
 import companion.datasets as datasets
 import companion.loading as loading
@@ -28,7 +32,8 @@ from companion.loading import (
     seed_worker,
 )
 
-GRAY = transforms.Compose([transforms.Grayscale(), transforms.ToTensor()])
+TO_FLOAT = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+GRAY = v2.Compose([v2.Grayscale(), *TO_FLOAT])
 
 
 # --- digits_imagefolder -----------------------------------------------------------------------
@@ -223,7 +228,9 @@ def test_class_folder_without_images_is_named(tmp_path):
     write_png(tmp_path / "cat" / "1.png")
     (tmp_path / "dog").mkdir()
     (tmp_path / "dog" / "readme.txt").write_text("no pictures")
-    message = r"class folder .*dog holds no image file \(only readme\.txt\); ImageFolder reads .jpg"
+    message = (
+        r"class folder .*dog holds no image file \(only readme\.txt\); ImageFolder reads only .png, .jpg"
+    )
     with pytest.raises(FileNotFoundError, match=message):
         load_imagefolder(tmp_path)
 
@@ -242,18 +249,54 @@ def test_unreadable_image_file_is_named(tmp_path, content):
         load_imagefolder(tmp_path)
 
 
-def test_png_cut_off_halfway_is_named(tmp_path):
+def write_noise(path: Path, format: str) -> None:
+    """A 32x32 image of random pixels, which compresses badly: cutting the file loses pixel data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format)
+
+
+def cut_in_half(path: Path) -> None:
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+
+
+@pytest.mark.parametrize("name, format", [("2.png", "PNG"), ("2.jpg", "JPEG")])
+def test_image_cut_off_halfway_is_refused_when_loading_not_at_the_first_epoch(tmp_path, name, format):
     write_png(tmp_path / "cat" / "1.png")
-    whole = (tmp_path / "cat" / "1.png").read_bytes()
-    (tmp_path / "cat" / "2.png").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(ValueError, match=r"2\.png is not a readable image"):
+    write_noise(tmp_path / "cat" / name, format)
+    cut_in_half(tmp_path / "cat" / name)
+    plain = ImageFolder(
+        tmp_path
+    )  # what the check saves us from: ImageFolder fails only when it draws the file
+    with pytest.raises(OSError, match="truncated"):
+        plain[1]
+    with pytest.raises(
+        ValueError, match=rf"cat[/\\]{name} is not a readable image \(OSError\); delete or replace"
+    ):
         load_imagefolder(tmp_path)
+
+
+def test_jpeg_cut_in_half_passes_pils_verify_so_the_check_must_decode(tmp_path):
+    write_noise(tmp_path / "half.jpg", "JPEG")
+    cut_in_half(tmp_path / "half.jpg")
+    with Image.open(tmp_path / "half.jpg") as image:
+        image.verify()  # no error: a check built on verify() would let this file through
+
+
+def test_cut_off_image_is_refused_even_where_pil_is_told_to_load_truncated_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    write_noise(tmp_path / "cat" / "1.jpg", "JPEG")
+    cut_in_half(tmp_path / "cat" / "1.jpg")
+    with pytest.raises(ValueError, match=r"1\.jpg is not a readable image"):
+        load_imagefolder(tmp_path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True, "the user's setting is restored after the check"
 
 
 def test_valid_folder_gives_imagefolder_with_rgb_images_by_default(tmp_path):
     write_png(tmp_path / "cat" / "1.png", 10)
     write_png(tmp_path / "dog" / "sub" / "2.png", 200)
-    folder = load_imagefolder(tmp_path, transforms.ToTensor())
+    folder = load_imagefolder(tmp_path, v2.Compose(TO_FLOAT))
     assert folder.classes == ["cat", "dog"] and len(folder) == 2
     x, y = folder[1]
     assert x.shape == (3, 8, 8) and y == 1 and torch.allclose(x, torch.full_like(x, 200 / 255))
@@ -299,16 +342,21 @@ def test_channel_stats_stay_exact_for_a_large_offset_in_float32():
 
 def test_normalizing_with_channel_stats_gives_mean_0_and_std_1(digits_tree):
     mean, std = channel_stats(load_imagefolder(digits_tree / "train", GRAY))
-    normalized = load_imagefolder(
-        digits_tree / "train", transforms.Compose([GRAY, transforms.Normalize(mean, std)])
-    )
+    normalized = load_imagefolder(digits_tree / "train", v2.Compose([GRAY, v2.Normalize(mean, std)]))
     mean2, std2 = channel_stats(normalized)
     assert abs(mean2[0]) < 1e-6 and abs(std2[0] - 1) < 1e-6
 
 
-def test_channel_stats_of_pil_images_ask_for_to_tensor(digits_tree):
-    with pytest.raises(TypeError, match="got Image; end the dataset's transform with transforms.ToTensor()"):
+def test_channel_stats_of_pil_images_ask_for_v2_to_image_and_to_dtype(digits_tree):
+    message = r"got Image; end the dataset's transform with v2\.ToImage\(\), v2\.ToDtype\(torch\.float32, scale=True\)"
+    with pytest.raises(TypeError, match=message):
         channel_stats(load_imagefolder(digits_tree / "val"))
+
+
+def test_channel_stats_of_8_bit_tensors_ask_for_to_dtype_with_scale(digits_tree):
+    # v2.ToImage() alone gives uint8 in 0..255: statistics on that scale would not fit float images
+    with pytest.raises(TypeError, match=r"got torch\.uint8 .*v2\.ToDtype\(torch\.float32, scale=True\)"):
+        channel_stats(load_imagefolder(digits_tree / "val", v2.Compose([v2.Grayscale(), v2.ToImage()])))
 
 
 def test_channel_stats_of_2d_tensors_ask_for_a_channel_dimension():
@@ -386,9 +434,7 @@ def test_cache_rejects_an_iterable_dataset():
 
 
 def test_cache_rejects_items_that_are_not_tensor_target_pairs(digits_tree):
-    with pytest.raises(
-        TypeError, match="item 0 is tuple; end the dataset's transform with transforms.ToTensor()"
-    ):
+    with pytest.raises(TypeError, match=r"item 0 is tuple; end the dataset's transform with v2\.ToImage\(\)"):
         CachedDataset(load_imagefolder(digits_tree / "val"))
 
 
@@ -505,7 +551,7 @@ def flatten(batch):
 
 def test_defined_in_main_names_cell_defined_classes_and_functions_however_deep():
     assert loading.defined_in_main(Squares()) == ["Squares"]
-    assert loading.defined_in_main({"inner": [transforms.Lambda(flatten)]}) == ["flatten"]
+    assert loading.defined_in_main({"inner": [v2.Lambda(flatten)]}) == ["flatten"]
 
 
 def test_defined_in_main_is_empty_for_importable_objects(digits_tree):
@@ -546,6 +592,15 @@ def test_make_loader_accepts_main_definitions_without_workers_or_with_fork(in_a_
         )  # fork copies __main__
 
 
+def test_code_piped_to_python_counts_as_a_main_that_workers_cannot_import(monkeypatch):
+    piped = types.ModuleType("__main__")
+    piped.__file__ = "<stdin>"  # what `python - < file.py` sets; spawn would try to run that path
+    monkeypatch.setitem(sys.modules, "__main__", piped)
+    assert not loading._main_is_importable()
+    with pytest.raises(TypeError, match=r"Squares is defined in __main__"):
+        make_loader(Squares(), 2, shuffle=False, num_workers=1, multiprocessing_context="spawn")
+
+
 def test_make_loader_accepts_main_definitions_when_main_is_a_script_that_workers_reimport():
     assert loading._main_is_importable()  # pytest runs from a file, as a script would
     make_loader(Squares(), 2, shuffle=False, num_workers=1, multiprocessing_context="spawn")
@@ -556,3 +611,158 @@ def test_damaged_marker_counts_are_refused_too(tiny, tmp_path):
     (root / DIGITS_MARKER).write_text(json.dumps({"seed": 0, "counts": ["not", "a", "dict"]}))
     with pytest.raises(FileExistsError, match="is damaged"):
         digits_imagefolder(root)
+
+
+# --- make_loader(generator=...) ---------------------------------------------------------------
+
+
+def test_make_loader_draws_from_a_generator_given_instead_of_a_seed():
+    dataset = TensorDataset(torch.arange(100))
+    from_seed = [b[0].tolist() for b in make_loader(dataset, 10, shuffle=True, seed=3)]
+    given = torch.Generator().manual_seed(3)
+    loader = make_loader(dataset, 10, shuffle=True, generator=given)
+    assert loader.generator is given, "used as given, not replaced"
+    assert [b[0].tolist() for b in loader] == from_seed
+
+
+def test_make_loader_does_not_reseed_a_generator_given():
+    dataset = TensorDataset(torch.arange(100))
+    shared = torch.Generator().manual_seed(3)
+    first = [b[0].tolist() for b in make_loader(dataset, 10, shuffle=True, generator=shared)]
+    second = [b[0].tolist() for b in make_loader(dataset, 10, shuffle=True, generator=shared)]
+    assert first != second, "a second loader on the same generator goes on from where the first stopped"
+
+
+def test_make_loader_refuses_a_seed_and_a_generator_together():
+    with pytest.raises(TypeError, match=r"got both seed=1 and a generator; pass one"):
+        make_loader(TensorDataset(torch.arange(10)), 4, shuffle=True, seed=1, generator=torch.Generator())
+
+
+def test_make_loader_refuses_a_generator_that_is_not_a_torch_generator():
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator, got RandomState"):
+        make_loader(TensorDataset(torch.arange(10)), 4, shuffle=True, generator=np.random.RandomState(0))
+
+
+def test_make_loader_refuses_a_seed_that_is_not_an_int():
+    with pytest.raises(TypeError, match=r"seed must be an int, got float; pass e\.g\. seed=0"):
+        make_loader(TensorDataset(torch.arange(10)), 4, shuffle=True, seed=0.5)
+
+
+# --- lambdas and local functions: pickle refuses them, from a module or not -------------------
+
+HELPERS = """
+import torch
+
+double = lambda x: 2 * x  # noqa: E731
+
+
+def make_scale(factor):
+    def scale(x):
+        return factor * x
+
+    return scale
+
+
+def halve(x):
+    return x / 2
+
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.transform(torch.tensor(float(i)))
+"""
+
+
+@pytest.fixture
+def helpers(tmp_path, monkeypatch):
+    """A real module, imported from a file as a reader's would be: not __main__."""
+    (tmp_path / "spawn_helpers.py").write_text(HELPERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("spawn_helpers")
+    sys.modules.pop("spawn_helpers", None)
+
+
+def test_pickle_refuses_a_module_lambda_and_a_local_function_in_this_process(helpers):
+    # why the check exists: spawn pickles in the main process, and this is where it would fail
+    for function in (helpers.double, helpers.make_scale(3)):
+        with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on Python's version
+            pickle.dumps(function)
+    assert pickle.loads(pickle.dumps(helpers.halve)) is helpers.halve
+
+
+def test_lambdas_and_locals_finds_them_however_deep_and_only_them(helpers):
+    dataset = helpers.Pairs(v2.Compose([v2.Lambda(helpers.double), helpers.halve, helpers.make_scale(3)]))
+    assert loading.lambdas_and_locals(dataset) == ["<lambda>", "make_scale.<locals>.scale"]
+    assert loading.lambdas_and_locals(helpers.Pairs(helpers.halve)) == []
+    assert loading.defined_in_main(dataset) == [], "a module's lambda is not in __main__"
+
+
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+def test_make_loader_refuses_a_module_lambda_for_spawned_workers_even_from_a_script(helpers, context):
+    assert loading._main_is_importable()  # pytest runs from a file, as a script would
+    message = (
+        rf"<lambda> is a lambda: pickle cannot send it to '{context}' worker processes, from a module or not.*"
+        r"define it with def or class at the top level of a module"
+    )
+    with pytest.raises(TypeError, match=message):
+        make_loader(
+            helpers.Pairs(v2.Lambda(helpers.double)),
+            2,
+            shuffle=False,
+            num_workers=1,
+            multiprocessing_context=context,
+        )
+
+
+def test_make_loader_refuses_local_functions_in_collate_fn_and_worker_init_fn(helpers):
+    def init(worker_id):
+        pass
+
+    message = r"make_scale\.<locals>\.scale, .*<locals>\.init are defined inside a function.*define them"
+    with pytest.raises(TypeError, match=message):
+        make_loader(
+            TensorDataset(torch.zeros(4)),
+            2,
+            shuffle=False,
+            num_workers=1,
+            collate_fn=helpers.make_scale(2),
+            worker_init_fn=init,
+            multiprocessing_context="spawn",
+        )
+
+
+def test_make_loader_names_lambdas_and_notebook_definitions_together(in_a_notebook, helpers):
+    message = r"<lambda> is a lambda: .*; Squares is defined in __main__ .*; define them with def or class"
+    with pytest.raises(TypeError, match=message):
+        make_loader(
+            Squares(),
+            2,
+            shuffle=False,
+            num_workers=1,
+            collate_fn=helpers.double,
+            multiprocessing_context="spawn",
+        )
+
+
+def test_make_loader_accepts_named_module_functions_for_spawned_workers(helpers):
+    loader = make_loader(
+        helpers.Pairs(v2.Compose([helpers.halve])),
+        2,
+        shuffle=False,
+        num_workers=1,
+        multiprocessing_context="spawn",
+    )
+    assert loader.num_workers == 1
+
+
+def test_make_loader_accepts_lambdas_without_workers_or_with_fork(helpers):
+    dataset = helpers.Pairs(v2.Lambda(helpers.double))
+    assert [b.tolist() for b in make_loader(dataset, 2, shuffle=False)] == [[0.0, 2.0], [4.0, 6.0]]
+    if "fork" in torch.multiprocessing.get_all_start_methods():  # not on Windows
+        make_loader(dataset, 2, shuffle=False, num_workers=1, multiprocessing_context="fork")
