@@ -12,8 +12,9 @@ products and squares of tensors are elementwise. Each formula is the one ``torch
 (PyTorch 2.x, single-tensor path), and ``tests/test_optim.py`` holds each rule against its
 ``torch.optim`` class over 100 steps.
 
-:class:`FromScratch` wraps a step function into an object with ``step()`` and ``zero_grad()``, the way
-a ``torch.optim`` class only keeps state and calls its function, so :func:`run_path` drives either kind.
+:class:`FromScratch` wraps a step function into a ``torch.optim.Optimizer`` that keeps the state and calls
+the function, the way a ``torch.optim`` class does, so :func:`run_path`, ``companion.fit``, the
+learning-rate schedulers and checkpoints take either kind.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ def adamw_step(
     Note the default ``weight_decay=1e-2``, as in ``torch.optim.AdamW`` (Adam's default is 0).
     """
     _check_tensors(param, grad, state)
-    _check_non_negative(lr=lr, weight_decay=weight_decay)
+    _check_non_negative(lr=lr, eps=eps, weight_decay=weight_decay)
+    _check_betas(betas)  # all checks before the shrink: a refused step changes nothing
     param *= 1 - lr * weight_decay
     adam_step(param, grad, state, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
 
@@ -353,46 +355,111 @@ def adadelta_step(
 StepFn = Callable[..., None]
 
 
-class FromScratch:
-    """An optimizer object around a step function: it keeps one ``state`` dict per parameter
-    and calls ``step_fn(param, param.grad, state, **hyperparameters)`` on each, like a
-    ``torch.optim`` class around its functional form.
+class FromScratch(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` around one of the update rules above, as ``torch.optim.Adam`` is
+    around ``torch.optim.adam.adam``: the rule holds the math, the class holds the state.
+
+    ``FromScratch(params, adam_step, lr=0.1)`` keeps the hyperparameters in ``param_groups`` (each
+    group may override them, as with any ``torch.optim`` class) and one ``state`` dict per parameter
+    in ``self.state``; ``step()`` calls ``step_fn(param, param.grad, state, **hyperparameters)`` on
+    every parameter that has a gradient. Being an ``Optimizer``, it works wherever one is expected:
+    ``companion.fit``, the learning-rate schedulers of ``torch.optim.lr_scheduler`` (they change
+    ``group["lr"]``, which the next step reads), and ``state_dict()`` / ``load_state_dict()`` for
+    checkpoints.
+
+    The hyperparameters are checked when the optimizer is built, and when a group is added or a
+    state dict loaded, by running the rule once on a scratch tensor (each rule checks every
+    argument before it changes anything), so ``lr=-1`` or ``lr=float("inf")`` fails here rather
+    than at the first step.
 
     >>> w = torch.zeros(2, requires_grad=True)
     >>> opt = FromScratch([w], adam_step, lr=0.1)
     >>> (w - 1).pow(2).sum().backward(); opt.step(); opt.zero_grad()
     """
 
-    def __init__(self, params: Iterable[Tensor], step_fn: StepFn, **hyperparameters: Any) -> None:
-        self.params = list(params)
-        if not self.params or not all(isinstance(p, Tensor) for p in self.params):
+    def __init__(self, params: Iterable[Any], step_fn: StepFn, **hyperparameters: Any) -> None:
+        params = list(params) if isinstance(params, Iterable) and not isinstance(params, Tensor) else []
+        if not params or not all(isinstance(p, (Tensor, dict, tuple)) for p in params):
             raise TypeError(
-                "params must be a non-empty iterable of tensors; pass e.g. model.parameters() or [w]"
+                "params must be a non-empty iterable of tensors (or of parameter-group dicts, or of "
+                "(name, tensor) pairs); pass e.g. model.parameters() or [w]"
             )
         if not callable(step_fn):
             raise TypeError(f"step_fn must be an update rule such as adam_step, got {type(step_fn).__name__}")
-        accepted = [
-            name
+        keywords = {
+            name: p.default
             for name, p in inspect.signature(step_fn).parameters.items()
             if p.kind is inspect.Parameter.KEYWORD_ONLY
-        ]
-        unknown = sorted(set(hyperparameters) - set(accepted))
+        }
+        unknown = sorted(set(hyperparameters) - set(keywords))
         if unknown:
             raise TypeError(
-                f"{step_fn.__name__} takes no {', '.join(unknown)}; pass only some of: {', '.join(accepted)}"
+                f"{step_fn.__name__} takes no {', '.join(unknown)}; pass only some of: {', '.join(keywords)}"
+            )
+        missing = [name for name, default in keywords.items() if default is inspect.Parameter.empty]
+        missing = [name for name in missing if name not in hyperparameters]
+        if missing:
+            raise TypeError(
+                f"{step_fn.__name__} has no default for {', '.join(missing)}; "
+                f"pass it, e.g. FromScratch(params, {step_fn.__name__}, {missing[0]}=0.1)"
             )
         self.step_fn = step_fn
-        self.hyperparameters = dict(hyperparameters)
-        self.state: list[dict] = [{} for _ in self.params]
+        self.hyperparameter_names = tuple(keywords)
+        super().__init__(params, {**keywords, **hyperparameters})
 
-    def step(self) -> None:
-        for param, state in zip(self.params, self.state):
-            if param.grad is not None:
-                self.step_fn(param, param.grad, state, **self.hyperparameters)
+    def _hyperparameters(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: group[name] for name in self.hyperparameter_names}
 
-    def zero_grad(self) -> None:
-        for param in self.params:
-            param.grad = None
+    def _check_hyperparameters(self, group: Mapping[str, Any]) -> None:
+        """Run the rule on a scratch tensor: it raises on a bad value, and nothing real changes."""
+        scratch = torch.zeros(1, dtype=torch.float64)
+        self.step_fn(scratch, torch.zeros_like(scratch), {}, **self._hyperparameters(group))
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle keep the rule too
+        return {
+            **super().__getstate__(),
+            "step_fn": self.step_fn,
+            "hyperparameter_names": self.hyperparameter_names,
+        }
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        allowed = {"params", "param_names", "initial_lr", *self.hyperparameter_names}
+        unknown = sorted(set(param_group) - allowed)
+        if unknown:
+            raise TypeError(
+                f"{self.step_fn.__name__} takes no {', '.join(unknown)}; a parameter group may set only "
+                f"some of: {', '.join(self.hyperparameter_names)}"
+            )
+        self._check_hyperparameters({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load what :meth:`state_dict` returned, after checking that it holds this rule's
+        hyperparameters with valid values; a refused state dict leaves the optimizer as it was."""
+        for i, group in enumerate(state_dict["param_groups"]):
+            missing = [name for name in self.hyperparameter_names if name not in group]
+            if missing:
+                raise ValueError(
+                    f"parameter group {i} of this state dict has no {', '.join(missing)}, which "
+                    f"{self.step_fn.__name__} needs: it was saved by an optimizer with another update rule; "
+                    "load it into one built with the same rule"
+                )
+            self._check_hyperparameters(group)
+        super().load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every parameter that has a gradient; return ``closure()``'s loss if one is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            hyperparameters = self._hyperparameters(group)
+            for param in group["params"]:
+                if param.grad is not None:
+                    self.step_fn(param, param.grad, self.state[param], **hyperparameters)
+        return loss
 
 
 # --------------------------------------------------------------------------------------------------

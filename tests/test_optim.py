@@ -1,7 +1,10 @@
+import copy
+import io
 import math
 
 import pytest
 import torch
+from torch import nn
 
 from companion.optim import (
     QUADRATIC_A,
@@ -302,3 +305,208 @@ def test_run_path_and_test_functions_reject_bad_arguments():
         steps_to_tolerance(torch.zeros(4, 2), torch.zeros(3), tol=0.1)
     with pytest.raises(ValueError, match="tol must be > 0, got 0; pass e.g. tol=1e-3"):
         steps_to_tolerance(torch.zeros(4, 2), torch.zeros(2), tol=0)
+
+
+# --- a refused step changes nothing; FromScratch refuses bad values when it is built ----------------
+
+# (rule, hyperparameters with one bad value): every value a rule checks, including those it checks last
+BAD_STEPS = [
+    (adamw_step, dict(lr=0.1, betas=(0.9, 1.5))),
+    (adamw_step, dict(lr=0.1, betas=0.9)),
+    (adamw_step, dict(lr=0.1, eps=math.nan)),
+    (adamw_step, dict(lr=0.1, eps=-1.0)),
+    (adam_step, dict(lr=0.1, betas=(1.0, 0.999))),
+    (nadam_step, dict(lr=0.1, momentum_decay=-1.0)),
+    (sgd_step, dict(lr=0.1, momentum=0.9, dampening=2.0)),
+    (rmsprop_step, dict(lr=0.1, alpha=1.5)),
+    (adadelta_step, dict(lr=0.1, rho=-0.5)),
+    *[(rule, dict(lr=-1.0)) for rule in RULES],
+]
+
+
+@pytest.mark.parametrize(
+    "rule, bad",
+    BAD_STEPS,
+    ids=[f"{r.__name__}-{'-'.join(f'{k}={v}' for k, v in b.items())}" for r, b in BAD_STEPS],
+)
+def test_a_refused_step_leaves_the_parameter_and_the_state_unchanged(rule, bad):
+    param, grad, state = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0]), {}
+    rule(param, grad, state, lr=0.1)  # one good step, so that the state holds something to protect
+    param_before, state_before = param.clone(), copy.deepcopy(state)
+    with pytest.raises(ValueError, match="pass e.g."):
+        rule(param, grad, state, **bad)
+    assert torch.equal(param, param_before), f"{rule.__name__} changed the parameter before refusing"
+    assert state.keys() == state_before.keys()
+    for key, value in state.items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_before[key])), key
+
+
+@pytest.mark.parametrize("lr", [-1.0, math.inf, math.nan], ids=["negative", "inf", "nan"])
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.__name__)
+def test_from_scratch_refuses_a_bad_learning_rate_when_it_is_built(rule, lr):
+    with pytest.raises(ValueError, match=rf"lr must be a finite number >= 0, got {lr}; pass e.g. lr=1e-3"):
+        FromScratch([torch.zeros(2, requires_grad=True)], rule, lr=lr)
+
+
+def test_from_scratch_refuses_other_bad_values_and_bad_groups_when_built():
+    w = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"betas\[1\] must be in \[0, 1\), got 1.0"):
+        FromScratch([w], adamw_step, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0, got -0.5"):
+        FromScratch([{"params": [w], "lr": -0.5}], adam_step, lr=0.1)  # a group's own lr is checked too
+    with pytest.raises(
+        TypeError, match="a parameter group may set only some of: lr, betas, eps, weight_decay"
+    ):
+        FromScratch([{"params": [w], "momentum": 0.9}], adam_step)
+    with pytest.raises(
+        TypeError, match=r"sgd_step has no default for lr; pass it, e.g. FromScratch\(params, sgd_step"
+    ):
+        FromScratch([w], sgd_step)
+    optimizer = FromScratch([w], adam_step, lr=0.1)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0, got -1"):
+        optimizer.add_param_group({"params": [torch.zeros(3, requires_grad=True)], "eps": -1})
+    assert len(optimizer.param_groups) == 1
+
+
+# --- FromScratch is a torch.optim.Optimizer: fit, schedulers and checkpoints take it --------------------
+
+
+def test_from_scratch_is_a_torch_optimizer_with_state_per_parameter():
+    w = torch.zeros(2, requires_grad=True)
+    optimizer = FromScratch([w], adam_step, lr=0.1)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert optimizer.param_groups[0]["lr"] == 0.1 and optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    (w - 1).pow(2).sum().backward()
+    optimizer.step()
+    assert optimizer.state[w]["step"] == 1 and set(optimizer.state[w]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_parameter_groups_with_their_own_hyperparameters_match_torch_optim():
+    init, loss = random_problem(7)
+    ours = [p.clone().requires_grad_() for p in init]
+    theirs = [p.clone().requires_grad_() for p in init]
+    groups = lambda ps: [{"params": [ps[0]], "lr": 0.05, "weight_decay": 0.1}, {"params": [ps[1]]}]  # noqa: E731
+    opt_ours = FromScratch(groups(ours), adam_step, lr=0.01)
+    opt_theirs = torch.optim.Adam(groups(theirs), lr=0.01)
+    for _ in range(20):
+        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            loss(*params).backward()
+            opt.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+
+
+def train_with_scheduler(optimizer_cls, make_scheduler, params, loss, steps):
+    optimizer = optimizer_cls(params)
+    scheduler = make_scheduler(optimizer)
+    lrs = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss(*params).backward()
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs, optimizer
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_step_lr_schedules_a_from_scratch_sgd_as_it_schedules_torch_sgd():
+    init, loss = random_problem(3)
+    ours = [p.clone().requires_grad_() for p in init]
+    theirs = [p.clone().requires_grad_() for p in init]
+    schedule = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)  # noqa: E731
+    lrs, _ = train_with_scheduler(
+        lambda p: FromScratch(p, sgd_step, lr=0.1, momentum=0.9), schedule, ours, loss, 6
+    )
+    _, _ = train_with_scheduler(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), schedule, theirs, loss, 6)
+    assert lrs == pytest.approx([0.1, 0.05, 0.05, 0.025, 0.025, 0.0125])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_one_cycle_lr_cycles_the_lr_and_adams_beta1_of_a_from_scratch_adam_as_of_torch_adam():
+    init, loss = random_problem(4)
+    ours = [p.clone().requires_grad_() for p in init]
+    theirs = [p.clone().requires_grad_() for p in init]
+    schedule = lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=30)  # noqa: E731
+    lrs, opt_ours = train_with_scheduler(lambda p: FromScratch(p, adam_step), schedule, ours, loss, 29)
+    their_lrs, opt_theirs = train_with_scheduler(lambda p: torch.optim.Adam(p), schedule, theirs, loss, 29)
+    assert lrs == pytest.approx(their_lrs) and max(lrs) == pytest.approx(0.05, rel=0.01)
+    assert opt_ours.param_groups[0]["betas"] == pytest.approx(opt_theirs.param_groups[0]["betas"])
+    assert opt_ours.param_groups[0]["betas"][0] > 0.9  # beta1 cycled 0.95 -> 0.85 -> back up to 0.95
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "rule, hyper",
+    [(nadam_step, dict(lr=0.01)), (sgd_step, dict(lr=0.05, momentum=0.9)), (adadelta_step, dict())],
+    ids=["nadam", "sgd-momentum", "adadelta"],
+)
+def test_state_dict_round_trip_through_torch_save_resumes_identically(rule, hyper):
+    init, loss = random_problem(5)
+
+    def run(params, optimizer, steps):
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss(*params).backward()
+            optimizer.step()
+
+    straight = [p.clone().requires_grad_() for p in init]
+    optimizer = FromScratch(straight, rule, **hyper)
+    run(straight, optimizer, 5)
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    resumed = [p.detach().clone().requires_grad_() for p in straight]
+    run(straight, optimizer, 5)
+
+    buffer.seek(0)
+    fresh = FromScratch(resumed, rule, **hyper)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    run(resumed, fresh, 5)
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b), "a resumed run must continue exactly as the uninterrupted one"
+
+
+def test_a_state_dict_of_another_rule_or_with_bad_values_is_refused_and_changes_nothing():
+    w = torch.zeros(2, requires_grad=True)
+    adam = FromScratch([w], adam_step, lr=0.1)
+    (w - 1).pow(2).sum().backward()
+    adam.step()
+    sgd = FromScratch([w], sgd_step, lr=0.1, momentum=0.9)
+    before = copy.deepcopy(sgd.state_dict())
+    with pytest.raises(ValueError, match="has no momentum, dampening, nesterov, which sgd_step needs"):
+        sgd.load_state_dict(adam.state_dict())
+    saved = adam.state_dict()
+    saved["param_groups"][0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0, got -1.0"):
+        adam.load_state_dict(saved)
+    assert adam.param_groups[0]["lr"] == 0.1 and sgd.state_dict() == before
+
+
+def test_a_copy_of_a_from_scratch_optimizer_keeps_its_rule():
+    w = torch.zeros(2, requires_grad=True)
+    optimizer = copy.deepcopy(FromScratch([w], nadam_step, lr=0.01))
+    assert optimizer.step_fn is nadam_step and optimizer.hyperparameter_names[0] == "lr"
+
+
+def test_fit_trains_with_a_from_scratch_optimizer_as_with_torch_optim():
+    from companion.train import fit
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(64, 3, generator=g), torch.randn(64, 1, generator=g)
+    losses = {}
+    for name, make in {
+        "ours": lambda p: FromScratch(p, adam_step, lr=0.05),
+        "torch": lambda p: torch.optim.Adam(p, lr=0.05),
+    }.items():
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
+        history = fit(model, loader, nn.MSELoss(), make(model.parameters()), 3, progress=False)
+        losses[name] = history["train_loss"]
+    assert losses["ours"][-1] < losses["ours"][0]
+    assert losses["ours"] == pytest.approx(losses["torch"], rel=1e-5)
