@@ -1,52 +1,183 @@
-"""Callbacks for :func:`companion.train.fit` (chapter 6): early stopping and resumable checkpoints.
+"""Callbacks for :func:`companion.train.fit` (chapter 6): the hooks, early stopping, checkpoints, a CSV log.
 
-A callback is any object with ``on_epoch_end(epoch, history, state) -> stop?`` (the protocol is
-:class:`companion.train.Callback`). A checkpoint holds everything that decides what the next epoch
-computes, so that a resumed run ends with the same weights, bit for bit on a CPU, as an
-uninterrupted one:
+A callback sees the loop through one object, the :class:`FitState`: the model, optimizer, scheduler,
+history, epoch and step counters, and ``should_stop``. It never sees the loop itself. The hooks carry
+PyTorch Lightning's names, and ``fit`` calls them in this order::
 
-- the model's, the optimizer's and the scheduler's ``state_dict()``, the epoch and the history;
-- the state of the other callbacks (``state_dict()``, e.g. early stopping's patience counter);
-- every random number generator: PyTorch's CPU generator (dropout, augmentation, and the shuffle
-  of a ``DataLoader`` built without a ``generator``), every CUDA device's, Python's ``random``,
-  NumPy's global one, and the ``generator`` of the training ``DataLoader`` (and of its sampler)
-  when it has one: that generator is what a seeded ``DataLoader(shuffle=True, generator=g)``
-  shuffles with, and restoring it is what makes epoch ``k + 1`` draw the same order again.
+    on_fit_start(state)                       # once; reset per-run state here
+    for each epoch:
+        on_train_epoch_start(state)
+        for each batch:
+            ... forward, loss, backward (every accumulated batch) ...
+            on_before_optimizer_step(state)   # the gradients are final: read, log or change them
+            ... clip the gradients (gradient_clip_val), optimizer.step() ...
+            on_train_batch_end(state, loss, batch_idx)
+        ... validation; the epoch's row appended to state.history ...
+        on_validation_epoch_end(state)        # only with a val_loader
+        on_train_epoch_end(state)             # the row is complete; set state.should_stop to stop
+    on_fit_end(state)                         # once, when training ends without an error
 
-It is written atomically: to a temporary file in the same folder, then renamed over the old one
-with ``os.replace``, so an interruption while saving leaves the previous checkpoint whole.
+Subclass :class:`Callback` and override the hooks you need: ``fit`` calls a per-batch hook only on the
+callbacks that override it, so the others cost nothing per batch. Callbacks run in the order given,
+except that :class:`Checkpoint` callbacks run after all others (as in Lightning), so that they save the
+state every other callback reached at that epoch. A callback with state to save in checkpoints has
+``state_dict()`` and ``load_state_dict(state)``.
 """
 
 from __future__ import annotations
 
-import copy
+import csv
 import math
 import os
-import random
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from companion.train import FitState, History
+from companion.checkpoint import check_file_path, load_plain_state_dict, plain_state_dict, save_checkpoint
+from companion.history import History, check_mode
 
-__all__ = ["Checkpoint", "EarlyStopping", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "HOOKS",
+    "CSVLogger",
+    "Callback",
+    "Checkpoint",
+    "EarlyStopping",
+    "FitState",
+    "check_callbacks",
+    "hook_callers",
+    "run_order",
+]
 
-FORMAT = "companion.checkpoint/1"
+HOOKS = (
+    "on_fit_start",
+    "on_train_epoch_start",
+    "on_before_optimizer_step",
+    "on_train_batch_end",
+    "on_validation_epoch_end",
+    "on_train_epoch_end",
+    "on_fit_end",
+)
+RENAMED = {"on_epoch_end": "on_train_epoch_end(state), and set state.should_stop = True to stop"}
 
 
-class EarlyStopping:
+@dataclass(eq=False)
+class FitState:
+    """What a callback may look at, and change, during :func:`companion.train.fit`.
+
+    ``epoch`` is the current epoch (1-based; the last one finished at ``on_train_epoch_end``),
+    ``global_step`` the number of optimizer steps taken so far, ``epochs`` the epoch fit stops after.
+    Set ``should_stop = True`` to end training after the current epoch.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    epochs: int
+    device: torch.device
+    history: History
+    callbacks: Sequence[Any] = ()
+    train_loader: Iterable | None = None
+    scaler: Any = None
+    epoch: int = 0
+    global_step: int = 0
+    should_stop: bool = False
+
+
+class Callback:
+    """Base class of callbacks: every hook does nothing until a subclass overrides it."""
+
+    def on_fit_start(self, state: FitState) -> None:
+        """Before the first epoch (and before a checkpoint's state is restored): reset per-run state."""
+
+    def on_train_epoch_start(self, state: FitState) -> None:
+        """At the start of epoch ``state.epoch``, with the model in train mode."""
+
+    def on_before_optimizer_step(self, state: FitState) -> None:
+        """After the backward pass(es) of a step, before clipping and ``optimizer.step()``: the
+        parameters' ``.grad`` are what the step will use (unscaled under ``precision="16"``)."""
+
+    def on_train_batch_end(self, state: FitState, loss: torch.Tensor | float, batch_idx: int) -> None:
+        """After each training batch (``batch_idx`` counts from 0 within the epoch). ``loss`` is the
+        batch's loss: a float on a CPU, a detached tensor on an accelerator (``.item()`` waits for it)."""
+
+    def on_validation_epoch_end(self, state: FitState) -> None:
+        """After the epoch's validation; ``state.history.rows[-1]`` holds its ``val_`` metrics."""
+
+    def on_train_epoch_end(self, state: FitState) -> None:
+        """After each epoch; ``state.history.rows[-1]`` is its complete row. Set ``state.should_stop``
+        to end training here."""
+
+    def on_fit_end(self, state: FitState) -> None:
+        """Once, after the last epoch (also when a callback stopped training early)."""
+
+
+def _overrides(callback: Any, hook: str) -> bool:
+    method = getattr(type(callback), hook, None)
+    if isinstance(callback, Callback):
+        return method is not getattr(Callback, hook)
+    return callable(getattr(callback, hook, None))
+
+
+def check_callbacks(callbacks: Iterable[Any]) -> tuple[Any, ...]:
+    """The callbacks as a tuple, after checking that each implements at least one hook and no unknown one."""
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a list of callbacks, got {callbacks!r}: pass callbacks=[...]")
+    callbacks = tuple(callbacks)
+    for cb in callbacks:
+        names = [n for n in dir(cb) if n.startswith("on_") and callable(getattr(cb, n, None))]
+        for name in names:
+            if name in RENAMED:
+                raise TypeError(
+                    f"callback {type(cb).__name__} has {name}(), which fit no longer calls: rename it "
+                    f"{RENAMED[name]}. The hooks are {', '.join(HOOKS)}"
+                )
+            if name not in HOOKS:
+                raise TypeError(
+                    f"callback {type(cb).__name__} has {name}(), which is not a hook fit calls (a typo?); "
+                    f"the hooks are {', '.join(HOOKS)}"
+                )
+        if not any(_overrides(cb, hook) for hook in HOOKS):
+            raise TypeError(
+                f"{cb!r} implements none of the hooks {', '.join(HOOKS)}: subclass "
+                "companion.callbacks.Callback and override the ones you need"
+            )
+    return callbacks
+
+
+def run_order(callbacks: Sequence[Any]) -> tuple[Any, ...]:
+    """The order fit runs them in: as given, with :class:`Checkpoint` callbacks moved after all others."""
+    return tuple(c for c in callbacks if not isinstance(c, Checkpoint)) + tuple(
+        c for c in callbacks if isinstance(c, Checkpoint)
+    )
+
+
+def hook_callers(callbacks: Sequence[Any], hook: str) -> list[Callable[..., Any]]:
+    """The bound ``hook`` methods of the callbacks that implement it (an empty list costs no call per batch)."""
+    return [getattr(cb, hook) for cb in callbacks if _overrides(cb, hook)]
+
+
+def _monitored(row: dict[str, float], monitor: str, who: str) -> float:
+    if monitor not in row:
+        raise ValueError(
+            f"{who} monitors {monitor!r}, which this fit does not record; it records "
+            f"{[k for k in row if k != 'epoch']}: pass val_loader to fit, or monitor one of those"
+        )
+    return float(row[monitor])
+
+
+class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs; optionally keep the best weights.
 
     An epoch improves on the best value :math:`b` so far when :math:`v < b - \\delta` (``mode="min"``,
     the default for losses) or :math:`v > b + \\delta` (``mode="max"``, the default for accuracies),
-    with :math:`\\delta` = ``min_delta``. With ``restore_best=True`` the model ends with the weights of
-    the best epoch, not the last: model selection on the validation split.
+    with :math:`\\delta` = ``min_delta``; a non-finite value never improves. With
+    ``restore_best_weights=True`` the model ends with the weights of the best epoch, not the last:
+    model selection on the validation split. Its state starts afresh at every fit, so one instance
+    can serve several runs.
     """
 
     def __init__(
@@ -56,65 +187,50 @@ class EarlyStopping:
         *,
         mode: Literal["min", "max"] | None = None,
         min_delta: float = 0.0,
-        restore_best: bool = True,
+        restore_best_weights: bool = True,
     ):
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(
                 f"patience must be a positive int (epochs without improvement before stopping), got {patience!r}"
             )
-        mode = mode or ("max" if "acc" in monitor else "min")
-        if mode not in ("min", "max"):
-            raise ValueError(
-                f"mode must be 'min' (lower is better, losses) or 'max' (accuracies), got {mode!r}"
-            )
         if not min_delta >= 0:
             raise ValueError(f"min_delta must be >= 0, got {min_delta}; pass 0 to count any improvement")
-        self.monitor, self.patience, self.mode, self.min_delta, self.restore_best = (
-            monitor,
-            patience,
-            mode,
-            min_delta,
-            restore_best,
-        )
+        self.monitor, self.patience, self.mode = monitor, patience, check_mode(mode, monitor)
+        self.min_delta, self.restore_best_weights = min_delta, restore_best_weights
+        self._reset()
+
+    def _reset(self) -> None:
         self.best, self.best_epoch, self.wait, self.stopped_epoch = math.nan, 0, 0, 0
         self.best_weights: dict[str, torch.Tensor] | None = None
 
-    def _improved(self, value: float) -> bool:
+    def improved(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far by more than ``min_delta``."""
         if not math.isfinite(value):
             return False
         if math.isnan(self.best):
             return True
-        return (
-            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
-        )
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
 
-    def on_epoch_end(self, epoch: int, history: History, state: FitState) -> bool:
-        row = history.rows[-1]
-        if self.monitor not in row:
-            raise ValueError(
-                f"EarlyStopping monitors {self.monitor!r}, which this fit does not record; it records "
-                f"{[k for k in row if k != 'epoch']}: pass val_loader to fit, or monitor one of those"
-            )
-        value = float(row[self.monitor])
-        if self._improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best:
-                self.best_weights = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
-            return False
+    def on_fit_start(self, state: FitState) -> None:
+        self._reset()
+
+    def on_train_epoch_end(self, state: FitState) -> None:
+        value = _monitored(state.history.rows[-1], self.monitor, "EarlyStopping")
+        if self.improved(value):
+            self.best, self.best_epoch, self.wait = value, state.epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {k: v.detach().clone() for k, v in plain_state_dict(state.model).items()}
+            return
         self.wait += 1
         if self.wait >= self.patience:
-            self.stopped_epoch = epoch
-            return True
-        return False
+            self.stopped_epoch = state.epoch
+            state.should_stop = True
 
-    def on_fit_end(self, history: History, state: FitState) -> None:
-        if (
-            self.restore_best
-            and self.best_weights is not None
-            and self.best_epoch != len(history)
-            and history.rows
-        ):
-            state.model.load_state_dict(self.best_weights)
+    def on_fit_end(self, state: FitState) -> None:
+        if self.restore_best_weights and self.best_weights is not None and self.best_epoch != state.epoch:
+            load_plain_state_dict(state.model, self.best_weights)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -133,197 +249,98 @@ class EarlyStopping:
         return f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, mode={self.mode!r})"
 
 
-class Checkpoint:
-    """Save a resumable checkpoint to ``path`` every ``every`` epochs (and after the last epoch).
+def _file_argument(path: str | os.PathLike, who: str) -> Path:
+    path = Path(path)
+    try:
+        check_file_path(path)
+    except ValueError as error:
+        raise ValueError(f"{who}: {error}") from None
+    return path
 
-    Resume with ``fit(..., resume_from=path)``, or load the weights alone with
-    :func:`load_checkpoint`. Put it last in ``fit``'s callbacks: it saves the state the callbacks
-    before it have reached at this epoch.
+
+class Checkpoint(Callback):
+    """Save a resumable checkpoint (see :mod:`companion.checkpoint`) to the file ``path``.
+
+    - Without ``monitor``: every ``every_n_epochs`` epochs and after the last epoch that ran, whether
+      it was the last asked for or a callback stopped training there: resume with
+      ``fit(..., resume_from=path)``.
+    - With ``monitor`` (e.g. ``"val_loss"``): after each epoch that is the best so far by that metric
+      (``mode`` as in :class:`EarlyStopping`), so ``path`` holds the best epoch.
+
+    The names are Lightning's ``ModelCheckpoint``'s. Use two instances to keep both the last and the
+    best epoch. Checkpoints run after the other callbacks, whatever their place in the list.
     """
 
-    def __init__(self, path: str | os.PathLike, every: int = 1):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int (save every that many epochs), got {every!r}")
-        self.path, self.every = Path(path), every
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] | None = None,
+        every_n_epochs: int = 1,
+    ):
+        self.path = _file_argument(path, "Checkpoint(path)")
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(
+                f"every_n_epochs must be a positive int (save every that many epochs), got {every_n_epochs!r}"
+            )
+        if monitor is not None and every_n_epochs != 1:
+            raise ValueError(
+                f"Checkpoint(monitor={monitor!r}) saves the best epoch, whenever it comes, so every_n_epochs "
+                "does not apply: pass one of the two (a second Checkpoint can save every n epochs)"
+            )
+        if monitor is None and mode is not None:
+            raise ValueError(
+                "mode says which way monitor improves: pass monitor=... with it, or leave mode out"
+            )
+        self.monitor, self.every_n_epochs = monitor, every_n_epochs
+        self.mode = check_mode(mode, monitor) if monitor is not None else None
 
-    def on_epoch_end(self, epoch: int, history: History, state: FitState) -> bool:
-        if epoch % self.every == 0 or epoch == state.epochs:
+    def due(self, state: FitState) -> bool:
+        """Whether to save at the end of ``state.epoch``."""
+        if self.monitor is None:
+            return state.epoch % self.every_n_epochs == 0 or state.should_stop or state.epoch == state.epochs
+        value = _monitored(state.history.rows[-1], self.monitor, "Checkpoint")
+        return math.isfinite(value) and state.history.best(self.monitor, self.mode)["epoch"] == state.epoch
+
+    def on_train_epoch_end(self, state: FitState) -> None:
+        if self.due(state):
             save_checkpoint(
                 self.path,
                 model=state.model,
                 optimizer=state.optimizer,
                 scheduler=state.scheduler,
-                epoch=epoch,
-                history=history,
+                scaler=state.scaler,
+                epoch=state.epoch,
+                global_step=state.global_step,
+                history=state.history,
                 train_loader=state.train_loader,
-                callbacks=[c for c in state.callbacks if c is not self],
+                callbacks=state.callbacks,
+                stopped=state.should_stop,
             )
-        return False
 
     def __repr__(self) -> str:
-        return f"Checkpoint({str(self.path)!r}, every={self.every})"
+        if self.monitor is not None:
+            return f"Checkpoint({str(self.path)!r}, monitor={self.monitor!r}, mode={self.mode!r})"
+        return f"Checkpoint({str(self.path)!r}, every_n_epochs={self.every_n_epochs})"
 
 
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """The distinct torch generators a DataLoader (and its sampler) draw from, in a fixed order."""
-    found: list[torch.Generator] = []
-    sampler = getattr(loader, "sampler", None)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for owner in (loader, sampler, getattr(batch_sampler, "sampler", None)):
-        g = getattr(owner, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not f for f in found):
-            found.append(g)
-    return found
+class CSVLogger(Callback):
+    """Write the history to the CSV file ``path`` after every epoch: a header, then one row per epoch.
 
-
-def rng_state(train_loader: Any = None) -> dict[str, Any]:
-    """Every random number generator's state, in a form ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": {
-            **np_state,
-            "state": {
-                "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                "pos": int(np_state["state"]["pos"]),
-            },
-        },
-        "loader": [g.get_state() for g in _loader_generators(train_loader)],
-    }
-
-
-def _check_rng_state(state: dict[str, Any], train_loader: Any) -> list[torch.Generator]:
-    """The loader's generators, after checking that ``state`` can be restored into this process."""
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) != torch.cuda.device_count():
-        raise ValueError(
-            f"the checkpoint holds the RNG state of {len(state['cuda'])} CUDA devices but this machine has "
-            f"{torch.cuda.device_count()}: resume on as many devices, or load the weights alone "
-            "(load_checkpoint(..., restore_rng=False))"
-        )
-    generators = _loader_generators(train_loader)
-    if len(generators) != len(state["loader"]):
-        raise ValueError(
-            f"the checkpoint holds {len(state['loader'])} DataLoader generator state(s) but train_loader has "
-            f"{len(generators)} generator(s): resume with a loader built the same way "
-            "(DataLoader(..., generator=torch.Generator()) if it had one)"
-        )
-    return generators
-
-
-def set_rng_state(state: dict[str, Any], train_loader: Any = None) -> None:
-    """Restore what :func:`rng_state` saved. (CUDA states are skipped on a machine without CUDA.)"""
-    generators = _check_rng_state(state, train_loader)
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state(
-        {
-            **np_state,
-            "state": {
-                "key": np_state["state"]["key"].numpy().astype(np.uint32),
-                "pos": np_state["state"]["pos"],
-            },
-        }
-    )
-    for g, saved in zip(generators, state["loader"]):
-        g.set_state(saved)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a new name in the same folder (a rename across file systems would not be atomic); mode "xb"
-    # refuses to overwrite anything and creates the file with the usual permissions
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    epoch: int = 0,
-    history: History | None = None,
-    train_loader: Iterable | None = None,
-    callbacks: Sequence[Any] = (),
-) -> Path:
-    """Write everything a resumed :func:`companion.train.fit` needs to ``path``, atomically. Returns the path."""
-    state = {
-        "format": FORMAT,
-        "epoch": int(epoch),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "history": history.rows if history is not None else [],
-        "callbacks": [c.state_dict() if hasattr(c, "state_dict") else None for c in callbacks],
-        "rng": rng_state(train_loader),
-    }
-    path = Path(path)
-    _atomic_save(state, path)
-    return path
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
-    train_loader: Iterable | None = None,
-    callbacks: Sequence[Any] | None = None,
-    restore_rng: bool = True,
-) -> tuple[int, History]:
-    """Load a checkpoint into ``model`` (and whichever of the others are given); return ``(epoch, history)``.
-
-    ``callbacks``: the callbacks of the run being resumed, the same as when it was saved; their
-    state is restored. ``None`` (the default) leaves callbacks out, e.g. to load weights only.
-    With ``restore_rng=True`` (the default) every random number generator is set back to where it
-    was when the checkpoint was written, which a bit-for-bit resume needs; pass ``False`` to load
-    weights for inference without touching the global generators.
+    The whole file is rewritten each time, so a resumed run's file holds the epochs before the
+    checkpoint too. A metric missing from an epoch is an empty cell.
     """
-    from companion.train import History
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: pass the path a Checkpoint(path) callback wrote")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a checkpoint written by companion.callbacks.save_checkpoint")
-    # check everything first, so that a mismatch leaves the model and the rest untouched
-    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
-        if obj is not None and state[name] is None:
-            raise ValueError(f"the checkpoint holds no {name} state: pass {name}=None to load_checkpoint")
-    stateful = [c for c in callbacks if hasattr(c, "load_state_dict")] if callbacks is not None else []
-    saved = [s for s in state["callbacks"] if s is not None] if callbacks is not None else []
-    if len(stateful) != len(saved):
-        raise ValueError(
-            f"the checkpoint holds the state of {len(saved)} callback(s) with state but {len(stateful)} "
-            "were given: resume with the same callbacks in the same order"
-        )
-    if restore_rng:
-        _check_rng_state(state["rng"], train_loader)
+    def __init__(self, path: str | os.PathLike):
+        self.path = _file_argument(path, "CSVLogger(path)")
 
-    model.load_state_dict(state["model"])
-    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
-        if obj is not None:
-            obj.load_state_dict(state[name])
-    for c, s in zip(stateful, saved):
-        c.load_state_dict(copy.deepcopy(s))
-    if restore_rng:
-        set_rng_state(state["rng"], train_loader)
-    return state["epoch"], History(state["history"])
+    def on_train_epoch_end(self, state: FitState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", *state.history.metrics], restval="")
+            writer.writeheader()
+            writer.writerows(state.history.rows)
+
+    def __repr__(self) -> str:
+        return f"CSVLogger({str(self.path)!r})"

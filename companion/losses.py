@@ -14,16 +14,23 @@ Every function takes ``reduction``: ``"mean"`` (the default, as in PyTorch), ``"
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from typing import Any
 
 import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
 
 __all__ = [
     "REDUCTIONS",
     "cross_entropy",
     "hinge_embedding_loss",
     "huber_loss",
+    "is_class_loss",
     "l1_loss",
+    "loss_option",
     "mse_loss",
     "multi_margin_loss",
     "smooth_l1_loss",
@@ -246,3 +253,41 @@ def hinge_embedding_loss(
             "target must hold only +1 (similar) and -1 (dissimilar); map 0/1 labels with 2 * target - 1"
         )
     return _reduce(torch.where(target == 1, x, (margin - x).clamp(min=0)), reduction)
+
+
+# --- what a loss function was set up to do (read by companion.train and companion.metrics) -----
+
+
+def loss_option(loss_fn: Any, name: str, default: Any = None) -> Any:
+    """A setting of ``loss_fn``, such as its ``reduction`` or ``ignore_index``, wherever it is kept.
+
+    - a module's attribute: ``nn.CrossEntropyLoss(reduction="sum").reduction``;
+    - a ``functools.partial``'s keyword: ``partial(F.cross_entropy, reduction="sum")``;
+    - a function's default: ``F.cross_entropy`` has ``reduction="mean"``, ``ignore_index=-100``;
+    - otherwise ``default`` (e.g. a lambda, whose settings cannot be seen).
+    """
+    while isinstance(loss_fn, functools.partial):
+        if name in loss_fn.keywords:
+            return loss_fn.keywords[name]
+        loss_fn = loss_fn.func
+    if isinstance(loss_fn, nn.Module):
+        return getattr(loss_fn, name, default)
+    try:
+        parameter = inspect.signature(loss_fn).parameters.get(name)
+    except (TypeError, ValueError):  # a builtin or callable object without a signature
+        return default
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return default
+    return parameter.default
+
+
+CLASS_LOSS_MODULES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.MultiMarginLoss)
+CLASS_LOSS_FUNCTIONS = (F.cross_entropy, F.nll_loss, F.multi_margin_loss, cross_entropy, multi_margin_loss)
+
+
+def is_class_loss(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` takes class scores and integer class labels (cross-entropy, NLL, multi-margin),
+    as a module, a function, or a ``functools.partial`` of one."""
+    while isinstance(loss_fn, functools.partial):
+        loss_fn = loss_fn.func
+    return isinstance(loss_fn, CLASS_LOSS_MODULES) or any(loss_fn is f for f in CLASS_LOSS_FUNCTIONS)

@@ -1,22 +1,28 @@
-"""The training loop (chapter 6): :func:`fit`, :func:`evaluate` and the :class:`History` they record.
+"""The training loop (chapter 6): :func:`fit` and :func:`evaluate`.
 
 :func:`fit` is the loop the chapter grows step by step, written once::
 
+    on_fit_start
     for epoch in 1..epochs:
-        model.train()
-        for inputs, targets in train_loader:           # moved to `device`
-            loss = loss_fn(model(inputs), targets)       # must be finite, else NonFiniteLossError
-            optimizer.zero_grad(); loss.backward(); optimizer.step()
-            scheduler.step()                             # if it steps per batch
-        metrics = evaluate(model, val_loader, loss_fn)   # eval mode, under torch.inference_mode
-        callbacks: on_epoch_end(epoch, history, state) -> stop?
+        model.train(); on_train_epoch_start
+        for inputs, targets in train_loader:              # moved to `device`
+            loss = loss_fn(model(inputs), targets)          # under autocast for precision="bf16"/"16"
+            # must be finite, else NonFiniteLossError
+            (loss / k).backward()                           # k = accumulate_grad_batches
+            every k batches:
+                on_before_optimizer_step                    # the gradients are final here
+                clip_grad_norm_(params, gradient_clip_val)  # if asked
+                optimizer.step(); optimizer.zero_grad()
+                scheduler.step()                            # if it steps per batch
+            on_train_batch_end(loss)
+        metrics = evaluate(model, val_loader, loss_fn)      # eval mode, under torch.inference_mode
+        on_validation_epoch_end; on_train_epoch_end         # a callback may set state.should_stop
+    on_fit_end
 
-The epoch's loss is the mean over *samples*, not over batches: with batch means
-:math:`\\ell_b` over batches of :math:`n_b` samples,
-
-.. math:: L = \\frac{\\sum_b n_b \\, \\ell_b}{\\sum_b n_b},
-
-which is the loss of the whole dataset at once even when the last batch is smaller.
+The epoch's loss is the mean over *samples* (see :mod:`companion.metrics`). The callbacks and their
+hooks are in :mod:`companion.callbacks`, checkpoint files in :mod:`companion.checkpoint`, the
+:class:`~companion.history.History` in :mod:`companion.history`; imports run one way,
+``train -> callbacks -> checkpoint -> history``.
 """
 
 from __future__ import annotations
@@ -26,14 +32,17 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from companion.losses import check_same_shape
+from companion.callbacks import FitState, check_callbacks, hook_callers, run_order
+from companion.checkpoint import SavedCheckpoint, read_checkpoint
+from companion.history import History
+from companion.losses import check_same_shape, is_class_loss, loss_option
+from companion.metrics import EpochMeter, Metric
 
 with warnings.catch_warnings():
     # Without ipywidgets, tqdm.auto warns once and falls back to the text bar on stderr, which is
@@ -41,161 +50,71 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
 __all__ = [
-    "Callback",
-    "FitState",
     "History",
     "NonFiniteLossError",
+    "PRECISIONS",
     "check_output_fits",
     "evaluate",
     "fit",
 ]
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Any  # a callable loss_fn(output, targets) -> scalar tensor
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+# Lightning's names for the precisions, and the dtype autocast computes in (None: no autocast)
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "32": None,
+    "32-true": None,
+    "bf16": torch.bfloat16,
+    "bf16-mixed": torch.bfloat16,
+    "16": torch.float16,
+    "16-mixed": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became ``nan`` or ``inf``; raised before that step could change the weights (on CPU)."""
+    """The loss became ``nan`` or ``inf`` at ``epoch``, ``step`` (1-based within the epoch).
 
-    def __init__(self, value: float, epoch: int, step: int, steps: int | None):
-        self.value, self.epoch, self.step = value, epoch, step
+    ``checked_each_step`` says whether the check ran before that step could change the weights (on a
+    CPU) or at the end of the epoch (elsewhere), in which case the weights may already be ``nan``.
+    """
+
+    def __init__(
+        self, value: float, epoch: int, step: int, steps: int | None, checked_each_step: bool = True
+    ):
+        self.value, self.epoch, self.step, self.steps = value, epoch, step, steps
+        self.checked_each_step = checked_each_step
         of = f" of {steps}" if steps else ""
+        if checked_each_step:
+            when = "training stopped before that step could change the weights"
+        else:
+            when = (
+                "this device is checked once per epoch (a check per step would make it wait for the host), "
+                "so the steps after that one ran on non-finite numbers and the weights may already be nan: "
+                "resume from a checkpoint of an earlier epoch"
+            )
         super().__init__(
-            f"the loss is {value} at epoch {epoch}, step {step}{of}: training stopped instead of "
-            "continuing on non-finite numbers. Lower the learning rate, clip the gradients "
-            "(torch.nn.utils.clip_grad_norm_), or check the inputs and targets for nan/inf."
+            f"the loss is {value} at epoch {epoch}, step {step}{of}: {when}. Lower the learning rate, "
+            "clip the gradients (fit(..., gradient_clip_val=1.0)), or check the inputs and targets for nan/inf."
         )
 
-
-class History:
-    """The metrics of a :func:`fit`, one row per epoch.
-
-    ``history["val_loss"]`` is the list of one metric over the epochs, ``history.rows[-1]`` the last
-    epoch's row, e.g. ``{"epoch": 3, "train_loss": 0.21, "val_loss": 0.25, "val_accuracy": 0.93,
-    "lr": 0.001, "seconds": 0.4}``. Accuracy appears when the model outputs class scores ``(n, C)``
-    for integer labels ``(n,)``.
-    """
-
-    def __init__(self, rows: Iterable[Mapping[str, float]] = ()):
-        self.rows: list[dict[str, float]] = [dict(r) for r in rows]
-
-    def append(self, row: Mapping[str, float]) -> None:
-        self.rows.append(dict(row))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[dict[str, float]]:
-        return iter(self.rows)
-
-    @property
-    def metrics(self) -> list[str]:
-        """The metric names, in the order they first appeared (``epoch`` excluded)."""
-        names: dict[str, None] = {}
-        for row in self.rows:
-            names.update(dict.fromkeys(k for k in row if k != "epoch"))
-        return list(names)
-
-    def __getitem__(self, metric: str) -> list[float]:
-        if metric != "epoch" and metric not in self.metrics:
-            raise KeyError(f"no metric {metric!r} in this history; it has {self.metrics}")
-        return [row.get(metric, math.nan) for row in self.rows]
-
-    def best(self, metric: str = "val_loss", mode: Literal["min", "max"] | None = None) -> dict[str, float]:
-        """The row of the best epoch by ``metric``: lowest for losses, highest for accuracies
-        (``mode`` says which when the name does not)."""
-        values = self[metric]
-        if not values:
-            raise ValueError("the history is empty: fit for at least one epoch first")
-        mode = mode or ("max" if "acc" in metric else "min")
-        key = (lambda i: -values[i]) if mode == "max" else (lambda i: values[i])
-        finite = [i for i, v in enumerate(values) if math.isfinite(v)] or list(range(len(values)))
-        return self.rows[min(finite, key=key)]
-
-    def plot(self, metrics: Sequence[str] | None = None, title: str = "Learning curves") -> Figure:
-        """Learning curves: losses on the left, accuracies (if any) on the right, against the epoch.
-
-        Returns the matplotlib ``Figure``; its ``axes`` are the panels. Pass ``metrics`` to choose
-        the curves (default: every metric whose name holds ``loss`` or ``accuracy``).
-        """
-        import matplotlib.pyplot as plt
-
-        if not self.rows:
-            raise ValueError("the history is empty: there is nothing to plot yet")
-        metrics = (
-            list(metrics)
-            if metrics is not None
-            else [m for m in self.metrics if "loss" in m or "accuracy" in m]
-        )
-        groups = [
-            g
-            for g in ([m for m in metrics if "accuracy" not in m], [m for m in metrics if "accuracy" in m])
-            if g
-        ]
-        fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.6), squeeze=False)
-        epochs = self["epoch"]
-        for ax, group in zip(axes[0], groups):
-            for m in group:
-                ax.plot(epochs, self[m], marker="o", markersize=3, label=m.replace("_", " "))
-            kind = "accuracy" if "accuracy" in group[0] else "loss"
-            ax.set(xlabel="epoch", ylabel=kind, title=f"{title}: {kind}")
-            if kind == "loss" and all(v > 0 for m in group for v in self[m] if math.isfinite(v)):
-                ax.set(yscale="log", ylabel="loss (log scale)")
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        return fig
-
-    def __repr__(self) -> str:
-        last = {
-            k: round(v, 4) if isinstance(v, float) else v
-            for k, v in (self.rows[-1] if self.rows else {}).items()
-        }
-        return f"History(epochs={len(self)}, last={last})"
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle with the constructor's arguments, not the message
+        return (type(self), (self.value, self.epoch, self.step, self.steps, self.checked_each_step))
 
 
-@dataclass
-class FitState:
-    """What a callback may look at (and change) at the end of an epoch."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    train_loader: Iterable
-    epochs: int
-    device: torch.device
-    callbacks: Sequence[Any] = field(default_factory=tuple)
+def _whole_numbers(target: torch.Tensor) -> bool:
+    return bool((target == target.round()).all()) if target.numel() else False
 
 
-@runtime_checkable
-class Callback(Protocol):
-    """The callback protocol: one method, called after every epoch's validation.
-
-    ``on_epoch_end(epoch, history, state)`` gets the epoch just finished (1-based), the
-    :class:`History` so far (its last row is this epoch) and the :class:`FitState`; it returns a
-    true value to stop training after this epoch. Optionally a callback also has
-
-    - ``on_fit_end(history, state)``: called once when training ends (e.g. to restore the best weights);
-    - ``state_dict()`` / ``load_state_dict(d)``: its state, saved in checkpoints so that a resumed
-      run continues exactly where the interrupted one stopped.
-
-    Callbacks run in the order given. A :class:`companion.callbacks.Checkpoint` saves the state of the
-    callbacks before it, so it must come after every callback that has state.
-    """
-
-    def on_epoch_end(self, epoch: int, history: History, state: FitState) -> bool | None: ...
-
-
-def check_output_fits(output: Any, target: Any) -> None:
+def check_output_fits(output: Any, target: Any, loss_fn: Any = None) -> None:
     """Raise ``ValueError`` when a model's output and the targets cannot be what the loss expects.
 
     - float targets (regression, probabilities): the output must have the target's shape exactly.
       ``(n, 1)`` against ``(n,)`` broadcasts to ``(n, n)`` in an element-wise loss: every prediction
-      compared with every target, a silent bug.
+      compared with every target, a silent bug. Float targets with one dimension less than class
+      scores are class labels stored as floats (for a class loss ``loss_fn``, or when they are whole
+      numbers): pass ``targets.long()``.
     - integer targets are class indices: the output must be scores ``(n, C, ...)`` for targets
       ``(n, ...)``, with every label ``< C``.
 
@@ -210,6 +129,18 @@ def check_output_fits(output: Any, target: Any) -> None:
             f"{tgt[0]} targets. Return one output per sample (the batch is the first dimension)."
         )
     if target.is_floating_point() or target.is_complex():
+        if (
+            target.is_floating_point()
+            and output.ndim == target.ndim + 1
+            and output.ndim >= 2
+            and out[2:] == tgt[1:]
+            and (is_class_loss(loss_fn) or (out[1] >= 2 and _whole_numbers(target)))
+        ):
+            raise ValueError(
+                f"the targets are floats ({target.dtype}) of shape {tgt} for class scores of shape {out}: "
+                "class labels must be integers, so pass targets.long() (e.g. TensorDataset(inputs, "
+                f"labels.long())). Float targets of the scores' shape {out} would be class probabilities."
+            )
         check_same_shape(output, target)
         return
     if target.dtype == torch.bool:
@@ -238,6 +169,9 @@ def check_output_fits(output: Any, target: Any) -> None:
             f"the model outputs {classes} class scores per sample (shape {out}) but the targets hold label {largest}: "
             f"the last layer must output at least {largest + 1} scores, e.g. nn.Linear(..., {largest + 1})."
         )
+
+
+# --- argument checks ---------------------------------------------------------------------------------
 
 
 def _check_epochs(epochs: Any) -> None:
@@ -270,6 +204,81 @@ def _check_loader(loader: Any, name: str) -> int | None:
     return steps
 
 
+def _check_loss_fn(loss_fn: Any) -> None:
+    if not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be callable as loss_fn(output, targets), e.g. nn.CrossEntropyLoss(); got {type(loss_fn).__name__}"
+        )
+
+
+def _check_optimizer(optimizer: Any, model: nn.Module) -> list[torch.Tensor]:
+    """The optimizer's parameters, after checking that it is an optimizer over this model's parameters."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}"
+        )
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    own = {id(p) for p in model.parameters()}
+    if own and not any(id(p) in own for p in params):
+        raise ValueError(
+            f"the optimizer holds {len(params)} parameter(s), none of them the model's: it was built over "
+            "another model's parameters (e.g. before the model was built again), so training would never "
+            "change this model. Build it over this one: optimizer = torch.optim.AdamW(model.parameters(), ...)"
+        )
+    return params
+
+
+def _check_clip(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(
+            f"gradient_clip_val must be a positive number, the largest gradient norm allowed, got {value!r}; "
+            "pass e.g. gradient_clip_val=1.0, or None not to clip"
+        )
+    return float(value)
+
+
+def _check_accumulate(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(
+            f"accumulate_grad_batches must be a positive int (batches per optimizer step), got {k!r}; "
+            "pass e.g. 4 to step once every 4 batches, or 1 not to accumulate"
+        )
+    return k
+
+
+def _check_metrics(metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
+    metrics = dict(metrics or {})
+    for name, metric in metrics.items():
+        if not isinstance(name, str) or name in ("loss", "accuracy"):
+            raise ValueError(
+                f"metric names must be strings other than 'loss' and 'accuracy' (which fit records itself), "
+                f"got {name!r}"
+            )
+        if not callable(metric):
+            raise TypeError(
+                f"metric {name!r} must be callable as metric(output, targets), got {type(metric).__name__}"
+            )
+    return metrics
+
+
+def _autocast_dtype(precision: Any, device: torch.device) -> torch.dtype | None:
+    key = str(precision)
+    if key not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(repr(p) for p in PRECISIONS)}, got {precision!r}: '32' "
+            "(float32, the default), 'bf16' (bfloat16 autocast) or '16' (float16 autocast with a GradScaler, CUDA only)"
+        )
+    dtype = PRECISIONS[key]
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ValueError(
+            f"precision={precision!r} (float16 with a GradScaler) needs a CUDA GPU, but fit runs on {device.type}: "
+            "pass precision='bf16' (bfloat16 autocast, which needs no scaler) or train on a GPU"
+        )
+    return dtype
+
+
 def _split(batch: Any, name: str) -> tuple[Any, Any]:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         kind = (
@@ -288,23 +297,6 @@ def _to(x: Any, device: torch.device) -> Any:
     return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
 
 
-def _is_classification(output: Any, target: Any) -> bool:
-    return (
-        isinstance(output, torch.Tensor)
-        and isinstance(target, torch.Tensor)
-        and output.ndim == 2
-        and output.shape[1] >= 2
-        and target.ndim == 1
-        and not target.is_floating_point()
-        and target.dtype != torch.bool
-    )
-
-
-def _loss_weight(loss_fn: Any, n: int) -> int:
-    """A batch's weight in the epoch mean: its size for a mean loss, 1 for a summed one."""
-    return 1 if getattr(loss_fn, "reduction", "mean") == "sum" else n
-
-
 def _check_scalar(loss: Any) -> None:
     if not (isinstance(loss, torch.Tensor) and loss.ndim == 0):
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -320,59 +312,20 @@ def _checks_each_step(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+def _target_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """``device``, or where the model's parameters are when it is None."""
     if device is None:
         p = next(model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    model.to(device)
-    return device
+    return torch.device(device)
 
 
-def evaluate(
-    model: nn.Module, loader: Iterable, loss_fn: LossFn, *, device: torch.device | str | None = None
-) -> dict[str, float]:
-    """The model's mean loss (and accuracy, for class scores) over every sample of ``loader``.
-
-    Runs in eval mode (dropout off, batch norm on its running statistics) under
-    ``torch.inference_mode()`` (no graph is recorded), then puts the model back in the mode it
-    was in. The loss is weighted by batch size, :math:`L = \\sum_b n_b \\ell_b / \\sum_b n_b`, and
-    accuracy is :math:`\\frac1N \\sum_i [\\arg\\max_c \\hat y_{ic} = y_i]`.
-
-    Returns:
-        ``{"loss": L}``, plus ``"accuracy"`` when the output is ``(n, C)`` scores for integer labels ``(n,)``.
-    """
-    _check_loader(loader, "loader")
-    device = _resolve_device(model, device)
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count, classifying = 0, None
-    try:
-        with torch.inference_mode():
-            for batch in loader:
-                inputs, targets = _split(batch, "loader")
-                inputs, targets = _to(inputs, device), _to(targets, device)
-                output = model(inputs)
-                if classifying is None:
-                    check_output_fits(output, targets)
-                    classifying = _is_classification(output, targets)
-                loss = loss_fn(output, targets)
-                _check_scalar(loss)
-                n = len(targets)
-                loss_sum += loss.double() * _loss_weight(loss_fn, n)
-                if classifying:
-                    correct += (output.argmax(1) == targets).sum()
-                count += n
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("loader yielded no samples: pass a loader over at least one sample")
-    metrics = {"loss": loss_sum.item() / count}
-    if classifying:
-        metrics["accuracy"] = correct.item() / count
-    return metrics
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device to compute on, with the model moved there."""
+    target = _target_device(model, device)
+    if device is not None:
+        model.to(target)
+    return target
 
 
 def _scheduler_interval(scheduler: Any, interval: str | None) -> str | None:
@@ -381,7 +334,7 @@ def _scheduler_interval(scheduler: Any, interval: str | None) -> str | None:
     if interval is not None:
         if interval not in ("step", "epoch"):
             raise ValueError(
-                f"scheduler_interval must be 'step' (after every batch) or 'epoch', got {interval!r}"
+                f"scheduler_interval must be 'step' (after every optimizer step) or 'epoch', got {interval!r}"
             )
         return interval
     if isinstance(scheduler, PER_STEP_SCHEDULERS):
@@ -390,8 +343,63 @@ def _scheduler_interval(scheduler: Any, interval: str | None) -> str | None:
         return "epoch"
     raise ValueError(
         f"say when to step a {type(scheduler).__name__}: pass scheduler_interval='step' (after every "
-        "batch, if it was built with a number of steps) or scheduler_interval='epoch'"
+        "optimizer step, if it was built with a number of steps) or scheduler_interval='epoch'"
     )
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: LossFn,
+    *,
+    device: torch.device | str | None = None,
+    metrics: Mapping[str, Metric] | None = None,
+    precision: str = "32",
+) -> dict[str, float]:
+    """The model's mean loss (and accuracy, for class scores) over every sample of ``loader``.
+
+    Runs in eval mode (dropout off, batch norm on its running statistics) under
+    ``torch.inference_mode()`` (no graph is recorded), then puts the model back in the mode it
+    was in. The loss is weighted by batch size, :math:`L = \\sum_b n_b \\ell_b / \\sum_b n_b`, and
+    accuracy is :math:`\\sum_i [\\arg\\max_c \\hat y_{ic} = y_i] / N`, over the labels that are not the
+    loss's ``ignore_index`` (see :mod:`companion.metrics`).
+
+    Returns:
+        ``{"loss": L}``, plus ``"accuracy"`` when the output is ``(n, C)`` scores for integer labels
+        ``(n,)``, plus one entry per user metric.
+    """
+    _check_loader(loader, "loader")
+    _check_loss_fn(loss_fn)
+    metrics = _check_metrics(metrics)
+    device = _resolve_device(model, device)
+    autocast = _autocast_dtype(precision, device)
+    meter = EpochMeter(loss_fn, metrics)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                inputs, targets = _split(batch, "loader")
+                inputs, targets = _to(inputs, device), _to(targets, device)
+                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    output = model(inputs)
+                    if meter.classifying is None:
+                        check_output_fits(output, targets, loss_fn)
+                    loss = loss_fn(output, targets)
+                if meter.classifying is None:
+                    _check_scalar(loss)
+                meter.update(loss, output, targets)
+    finally:
+        model.train(was_training)
+    if meter.count == 0:
+        raise ValueError("loader yielded no samples: pass a loader over at least one sample")
+    return meter.compute()
+
+
+# --- training ------------------------------------------------------------------------------------------
 
 
 def fit(
@@ -405,7 +413,11 @@ def fit(
     scheduler: Any = None,
     scheduler_interval: Literal["step", "epoch"] | None = None,
     device: torch.device | str | None = None,
-    callbacks: Sequence[Callback] = (),
+    callbacks: Sequence[Any] = (),
+    metrics: Mapping[str, Metric] | None = None,
+    gradient_clip_val: float | None = None,
+    accumulate_grad_batches: int = 1,
+    precision: str = "32",
     progress: bool = True,
     resume_from: str | os.PathLike | None = None,
 ) -> History:
@@ -414,24 +426,41 @@ def fit(
     Each epoch trains in train mode, then (with ``val_loader``) measures the model with
     :func:`evaluate`. The history holds ``train_loss`` (the epoch's sample-weighted mean loss,
     measured while the weights changed), ``train_accuracy`` for classifiers, ``val_loss`` and
-    ``val_accuracy``, the learning rate ``lr`` at the end of the epoch and the epoch's ``seconds``.
+    ``val_accuracy``, ``train_<name>``/``val_<name>`` for each user metric, the learning rate ``lr``
+    at the end of the epoch and the epoch's ``seconds``.
 
     Args:
         epochs: the total number of epochs; when resuming, training goes on from the checkpoint's
             epoch up to this one.
-        scheduler: stepped after every batch (``OneCycleLR``, ``CyclicLR``) or every epoch
+        scheduler: stepped after every optimizer step (``OneCycleLR``, ``CyclicLR``) or every epoch
             (``ReduceLROnPlateau``, given ``val_loss``, else ``train_loss``); for any other scheduler
             say which with ``scheduler_interval``.
         device: where to train; the model is moved there and so is each batch. ``None``: where the
             model's parameters are.
-        callbacks: objects following the :class:`Callback` protocol, e.g.
-            :class:`companion.callbacks.EarlyStopping`, :class:`companion.callbacks.Checkpoint`.
+        callbacks: :class:`companion.callbacks.Callback` objects, e.g. ``EarlyStopping``,
+            ``Checkpoint``, ``CSVLogger``; see :mod:`companion.callbacks` for the hooks and their order.
+        metrics: ``{name: metric(output, targets)}``, recorded for training and validation; a metric
+            returns the batch's mean or a pair ``(total, count)`` (see :mod:`companion.metrics`).
+        gradient_clip_val: clip the gradients' total norm to this before each step
+            (``torch.nn.utils.clip_grad_norm_``). ``None``: no clipping.
+        accumulate_grad_batches: step the optimizer once every ``k`` batches, with each batch's loss
+            divided by ``k`` (for a mean loss): with ``k`` batches of ``b`` samples the step is the one
+            a batch of ``k * b`` samples would take (batch norm aside, which sees ``b`` at a time). A
+            per-step scheduler counts optimizer steps: build it with ``ceil(len(train_loader) / k)``
+            steps per epoch.
+        precision: ``"32"`` (float32, the default); ``"bf16"`` (forward pass and loss under
+            ``torch.autocast`` in bfloat16, on a CPU or a GPU); ``"16"`` (float16 autocast, with a
+            ``torch.amp.GradScaler`` against underflow; CUDA only). Lightning's names
+            (``"bf16-mixed"``, ``"16-mixed"``) work too.
         progress: a tqdm bar on stderr (a text bar in a notebook without ipywidgets).
-        resume_from: a checkpoint written by :class:`companion.callbacks.Checkpoint`: restores the
-            model, optimizer, scheduler, callbacks, history and every random number generator,
-            including the ``generator`` of ``train_loader`` that draws its shuffle, so the resumed
-            run ends with the same weights as an uninterrupted one (bit for bit on a CPU). Build the
-            model, optimizer, scheduler, loader and callbacks as for the first run, then resume.
+        resume_from: a checkpoint written by :class:`companion.callbacks.Checkpoint`. It is checked
+            against the model, optimizer, scheduler, callbacks and loader first: a mismatch raises
+            :class:`companion.checkpoint.CheckpointError` and changes nothing. Then it restores all of
+            them, the history and every random number generator, including the ``generator`` of
+            ``train_loader`` that draws its shuffle, so the resumed run ends with the same weights as
+            an uninterrupted one (bit for bit on a CPU; a loader with ``persistent_workers=True``
+            cannot promise that and is refused). A run that had finished, or that a callback stopped,
+            trains no further. Build everything as for the first run, then resume.
 
     Returns:
         The :class:`History`, all epochs (those before the checkpoint included). The model is left
@@ -444,129 +473,195 @@ def fit(
         ValueError, TypeError: bad arguments, an empty loader, an output that does not fit the
             targets (see :func:`check_output_fits`), each with what to pass instead.
     """
-    from companion.callbacks import Checkpoint, load_checkpoint
-
     _check_epochs(epochs)
     steps = _check_loader(train_loader, "train_loader")
     if val_loader is not None:
         _check_loader(val_loader, "val_loader")
-    if not callable(loss_fn):
-        raise TypeError(
-            f"loss_fn must be callable as loss_fn(output, targets), e.g. nn.CrossEntropyLoss(); got {type(loss_fn).__name__}"
-        )
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}"
-        )
-    callbacks = tuple(callbacks)
-    for cb in callbacks:
-        if not callable(getattr(cb, "on_epoch_end", None)):
-            raise TypeError(
-                f"callback {cb!r} has no on_epoch_end(epoch, history, state) method; see companion.train.Callback"
-            )
-    for i, cb in enumerate(callbacks):
-        late = [type(c).__name__ for c in callbacks[i + 1 :] if hasattr(c, "state_dict")]
-        if isinstance(cb, Checkpoint) and late:
-            raise ValueError(
-                f"Checkpoint comes before {', '.join(late)}, whose state it would save one epoch late: "
-                "put Checkpoint last in callbacks"
-            )
+    _check_loss_fn(loss_fn)
+    params = _check_optimizer(optimizer, model)
+    callbacks = run_order(check_callbacks(callbacks))
+    metrics = _check_metrics(metrics)
+    clip = _check_clip(gradient_clip_val)
+    k = _check_accumulate(accumulate_grad_batches)
     interval = _scheduler_interval(scheduler, scheduler_interval)
-    device = _resolve_device(model, device)
-    state = FitState(model, optimizer, scheduler, train_loader, epochs, device, callbacks)
+    target = _target_device(model, device)
+    autocast = _autocast_dtype(precision, target)
+    scaler = torch.amp.GradScaler(target.type) if autocast == torch.float16 else None
 
-    history, start = History(), 0
+    saved: SavedCheckpoint | None = None
     if resume_from is not None:
-        start, history = load_checkpoint(
-            resume_from,
+        saved = read_checkpoint(resume_from)
+        if saved.epoch > epochs:
+            raise ValueError(
+                f"the checkpoint {saved.path} holds {saved.epoch} epochs, more than epochs={epochs}: pass "
+                f"epochs={saved.epoch} or more (the total, not the epochs still to run)"
+            )
+        resume = dict(
             model=model,
             optimizer=optimizer,
             scheduler=scheduler,
+            scaler=scaler,
             train_loader=train_loader,
             callbacks=callbacks,
         )
+        saved.check(**resume)  # before anything changes: a refused resume leaves everything as it was
+    device = _resolve_device(model, device)
+
+    state = FitState(model, optimizer, scheduler, epochs, device, History(), callbacks, train_loader, scaler)
+    if saved is not None:
+        state.history, state.epoch = saved.history, saved.epoch
+    for hook in hook_callers(callbacks, "on_fit_start"):
+        hook(state)
+    if saved is not None:
+        saved.restore(**resume)
+        state.global_step, state.should_stop = saved.global_step, saved.stopped
+
+    epoch_start = hook_callers(callbacks, "on_train_epoch_start")
+    before_step = hook_callers(callbacks, "on_before_optimizer_step")
+    batch_end = hook_callers(callbacks, "on_train_batch_end")
+    validation_end = hook_callers(callbacks, "on_validation_epoch_end")
+    epoch_end = hook_callers(callbacks, "on_train_epoch_end")
     check_each_step = _checks_each_step(device)
-    checked, classifying = False, False
-    bar = tqdm(
-        total=epochs * steps if steps else None,
-        initial=start * steps if steps else 0,
-        unit="step",
-        mininterval=0.5,
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
+    move = device != torch.device("cpu")  # a batch on the CPU needs no .to() when training there
+    divide = k > 1 and loss_option(loss_fn, "reduction", "mean") != "sum"
+    checked = False
+    first = state.epoch + 1
+    bar = (
+        tqdm(
+            total=epochs * steps if steps else None,
+            initial=state.epoch * steps if steps else 0,
+            unit="batch",
+            mininterval=0.5,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        if progress
+        else None
     )
     try:
-        for epoch in range(start + 1, epochs + 1):
-            bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
+        for epoch in range(first, epochs + 1):
+            if state.should_stop:
+                break
+            state.epoch = epoch
+            if bar is not None:
+                bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
             started = time.perf_counter()
             model.train()
-            # per-step results stay tensors until the epoch ends: no device sync inside the loop
-            losses, weights, predictions, labels, count = [], [], [], [], 0
-            for step, batch in enumerate(train_loader, 1):
+            for hook in epoch_start:
+                hook(state)
+            meter = EpochMeter(loss_fn, metrics)
+            pending = False  # gradients accumulated since the last optimizer step
+            for batch_idx, batch in enumerate(train_loader):
                 inputs, targets = _split(batch, "train_loader")
-                inputs, targets = _to(inputs, device), _to(targets, device)
-                output = model(inputs)
-                if not checked:
-                    check_output_fits(output, targets)
-                    classifying = _is_classification(output, targets)
-                loss = loss_fn(output, targets)
+                if move:
+                    inputs, targets = _to(inputs, device), _to(targets, device)
+                if autocast is None:
+                    output = model(inputs)
+                    if not checked:
+                        check_output_fits(output, targets, loss_fn)
+                    loss = loss_fn(output, targets)
+                else:
+                    with torch.autocast(device.type, dtype=autocast):
+                        output = model(inputs)
+                        if not checked:
+                            check_output_fits(output, targets, loss_fn)
+                        loss = loss_fn(output, targets)
                 if not checked:
                     _check_scalar(loss)
                     checked = True
-                if check_each_step and not math.isfinite(loss.item()):
-                    raise NonFiniteLossError(loss.item(), epoch, step, steps)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if check_each_step:
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise NonFiniteLossError(value, epoch, batch_idx + 1, steps)
+                else:
+                    value = loss.detach()
+                if k == 1:
+                    optimizer.zero_grad(set_to_none=True)
+                    step_now = True
+                    scaled = loss
+                else:
+                    if not pending:
+                        optimizer.zero_grad(set_to_none=True)
+                    step_now = (batch_idx + 1) % k == 0 or batch_idx + 1 == steps
+                    # the batches of this group: k, or fewer in an epoch's last, shorter group
+                    group = k if steps is None or batch_idx // k < steps // k else steps % k
+                    scaled = loss / group if divide else loss
+                if scaler is None:
+                    scaled.backward()
+                else:
+                    scaler.scale(scaled).backward()
+                pending = not step_now
+                if step_now:
+                    _optimizer_step(state, params, before_step, clip, scaler)
+                    if interval == "step":
+                        scheduler.step()
+                meter.update(value, output, targets)
+                for hook in batch_end:
+                    hook(state, value, batch_idx)
+                if bar is not None:
+                    bar.update()
+            if pending:  # a loader without a length ended in the middle of a group
+                _optimizer_step(state, params, before_step, clip, scaler)
                 if interval == "step":
                     scheduler.step()
-                n = len(targets)
-                losses.append(loss.detach())
-                weights.append(_loss_weight(loss_fn, n))
-                if classifying:
-                    predictions.append(output.detach().argmax(1))
-                    labels.append(targets)
-                count += n
-                bar.update()
-            if count == 0:
+            if meter.count == 0:
                 raise ValueError(
                     "train_loader yielded no batches in this epoch: pass a loader that yields at least one batch per pass"
                 )
-            step_losses = torch.stack(losses).double()
+            losses = meter.loss_values()  # one sync per epoch
             if not check_each_step:
-                finite = torch.isfinite(step_losses)
-                if not finite.all():
-                    first = int((~finite).nonzero()[0])
-                    raise NonFiniteLossError(step_losses[first].item(), epoch, first + 1, steps)
-            loss_sum = step_losses @ torch.tensor(weights, dtype=torch.float64, device=step_losses.device)
-            row: dict[str, float] = {"epoch": epoch, "train_loss": loss_sum.item() / count}
-            if classifying:
-                row["train_accuracy"] = (torch.cat(predictions) == torch.cat(labels)).sum().item() / count
+                bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+                if bad is not None:
+                    raise NonFiniteLossError(losses[bad], epoch, bad + 1, steps, checked_each_step=False)
+            row: dict[str, float] = {"epoch": epoch}
+            row.update({f"train_{name}": v for name, v in meter.compute(losses).items()})
             if val_loader is not None:
-                row.update(
-                    {f"val_{k}": v for k, v in evaluate(model, val_loader, loss_fn, device=device).items()}
+                measured = evaluate(
+                    model, val_loader, loss_fn, device=device, metrics=metrics, precision=precision
                 )
+                row.update({f"val_{name}": v for name, v in measured.items()})
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - started
-            history.append(row)
+            state.history.append(row)
             if interval == "epoch":
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     scheduler.step(row.get("val_loss", row["train_loss"]))
                 else:
                     scheduler.step()
-            bar.set_postfix(
-                {k: f"{v:.4g}" for k, v in row.items() if "loss" in k or "accuracy" in k}, refresh=False
-            )
-            stop = False
-            for cb in callbacks:
-                stop = bool(cb.on_epoch_end(epoch, history, state)) or stop
-            if stop:
-                break
+            if bar is not None:
+                shown = {name: f"{v:.4g}" for name, v in row.items() if "loss" in name or "accuracy" in name}
+                bar.set_postfix(shown, refresh=False)
+            if val_loader is not None:
+                for hook in validation_end:
+                    hook(state)
+            for hook in epoch_end:  # every callback runs, also after one of them asked to stop
+                hook(state)
     finally:
-        bar.close()
-    for cb in callbacks:
-        if callable(getattr(cb, "on_fit_end", None)):
-            cb.on_fit_end(history, state)
+        if bar is not None:
+            bar.close()
+    for hook in hook_callers(callbacks, "on_fit_end"):
+        hook(state)
     model.eval()
-    return history
+    return state.history
+
+
+def _optimizer_step(
+    state: FitState,
+    params: list[torch.Tensor],
+    before_step: list[Any],
+    clip: float | None,
+    scaler: Any,
+) -> None:
+    """One optimizer step on the accumulated gradients: hooks, clipping, step (through the scaler)."""
+    if scaler is not None:
+        scaler.unscale_(state.optimizer)  # the hooks and the clipping see the true gradients
+    for hook in before_step:
+        hook(state)
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    if scaler is not None:
+        scaler.step(state.optimizer)
+        scaler.update()
+    else:
+        state.optimizer.step()
+    state.global_step += 1

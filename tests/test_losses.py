@@ -1,7 +1,9 @@
+import functools
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from companion.losses import (
@@ -9,7 +11,9 @@ from companion.losses import (
     cross_entropy,
     hinge_embedding_loss,
     huber_loss,
+    is_class_loss,
     l1_loss,
+    loss_option,
     mse_loss,
     multi_margin_loss,
     smooth_l1_loss,
@@ -253,3 +257,23 @@ def test_classification_losses_reject_float_targets_and_integer_logits():
 def test_multi_margin_accepts_only_p_one_or_two(p):
     with pytest.raises(ValueError, match=r"p must be 1 or 2 .*; pass p=1 \(hinge\) or p=2 \(squared hinge\)"):
         multi_margin_loss(torch.randn(3, 4), torch.tensor([0, 1, 2]), p=p)
+
+
+# --- reading a loss's settings (used by companion.fit) -----------------------------------------------
+
+
+def test_loss_option_reads_a_modules_attribute_a_partials_keyword_and_a_functions_default():
+    assert loss_option(nn.CrossEntropyLoss(reduction="sum"), "reduction") == "sum"
+    assert loss_option(functools.partial(F.cross_entropy, reduction="sum"), "reduction") == "sum"
+    assert loss_option(functools.partial(functools.partial(F.nll_loss), ignore_index=3), "ignore_index") == 3
+    assert loss_option(F.cross_entropy, "ignore_index") == -100
+    assert loss_option(cross_entropy, "reduction") == "mean"
+    assert loss_option(lambda output, target: output.sum(), "reduction", "mean") == "mean"
+    assert loss_option(nn.MSELoss(), "ignore_index", "absent") == "absent"
+
+
+def test_class_losses_are_recognised_as_modules_functions_and_partials():
+    assert is_class_loss(nn.CrossEntropyLoss()) and is_class_loss(nn.NLLLoss())
+    assert is_class_loss(functools.partial(F.cross_entropy, label_smoothing=0.1))
+    assert is_class_loss(cross_entropy) and is_class_loss(multi_margin_loss)
+    assert not is_class_loss(nn.MSELoss()) and not is_class_loss(mse_loss) and not is_class_loss(None)

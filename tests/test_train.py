@@ -1,21 +1,30 @@
+import functools
 import math
-import os
+import pickle
 import random
 import re
+import sys
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 import companion
-from companion import callbacks as cbs
-from companion.callbacks import Checkpoint, EarlyStopping, load_checkpoint, save_checkpoint
-from companion.train import History, NonFiniteLossError, check_output_fits, evaluate, fit
+import companion.train as train_module
+from companion.callbacks import Callback, Checkpoint, EarlyStopping
+from companion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from companion.history import History
+from companion.train import NonFiniteLossError, check_output_fits, evaluate, fit
 
 matplotlib.use("Agg")
+
+
+# --- shared set-up (also imported by test_callbacks.py and test_checkpoint.py) ---------------------
 
 
 def classification_data(n=40, d=5, classes=3, seed=0):
@@ -56,17 +65,50 @@ def assert_same_params(a, b):
     assert all(torch.equal(p, q) for p, q in zip(a, b))
 
 
+def sgd(model, lr=0.1):
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+class StopAfter(Callback):
+    """Ask fit to stop after `epochs` epochs."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, state):
+        if state.epoch >= self.epochs:
+            state.should_stop = True
+
+
+class PowerCut(Exception):
+    pass
+
+
+class CutPowerAt(Callback):
+    """Kill the run at the start of epoch `epoch`, as a switched-off machine would: no callback runs after."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, state):
+        if state.epoch == self.epoch:
+            raise PowerCut(f"power cut at the start of epoch {state.epoch}")
+
+
 # --- fit is the hand-written loop ---------------------------------------------------------------
 
 
-def train_one_epoch_by_hand(model, train, loss_fn, opt, sched):
+def train_one_epoch_by_hand(model, train, loss_fn, opt, sched=None, clip=None):
     model.train()
     for x, y in train:
         loss = loss_fn(model(x), y)
         opt.zero_grad()
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
 
 
 def test_fit_gives_the_same_weights_as_the_hand_written_loop_bit_for_bit():
@@ -92,8 +134,6 @@ def test_history_records_train_and_val_metrics_and_learning_rate_per_epoch():
     assert history["lr"][-1] == pytest.approx(sched.get_last_lr()[0])
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert all(0 <= a <= 1 for a in history["val_accuracy"])
-    assert history.best("val_loss")["val_loss"] == min(history["val_loss"])
-    assert history.best("val_accuracy")["val_accuracy"] == max(history["val_accuracy"])
     assert not model.training, "fit returns the model in eval mode, ready to predict"
 
 
@@ -103,28 +143,45 @@ def test_train_loss_is_the_sample_weighted_mean_of_the_epoch():
     model = make_model(dropout=0.0)
     X, y = classification_data(30)
     loader = DataLoader(TensorDataset(X, y), batch_size=8)  # batches of 8, 8, 8, 6
-    history = fit(
-        model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.0), 1, progress=False
-    )
+    history = fit(model, loader, nn.CrossEntropyLoss(), sgd(model, lr=0.0), 1, progress=False)
     with torch.no_grad():
-        whole = nn.functional.cross_entropy(model(X), y).item()
-        batch_means = [nn.functional.cross_entropy(model(xb), yb).item() for xb, yb in loader]
+        whole = F.cross_entropy(model(X), y).item()
+        batch_means = [F.cross_entropy(model(xb), yb).item() for xb, yb in loader]
     assert history["train_loss"][0] == pytest.approx(whole, rel=1e-6)
     assert abs(sum(batch_means) / len(batch_means) - whole) > 1e-4, (
         "the unweighted mean of batch means is not it"
     )
 
 
-def test_summed_loss_is_divided_by_the_number_of_samples():
+def test_train_accuracy_is_counted_over_samples_not_averaged_over_batches():
+    companion.seed_everything(0)
+    model = make_model(dropout=0.0)
+    X, y = classification_data(30)
+    loader = DataLoader(TensorDataset(X, y), batch_size=8)  # batches of 8, 8, 8, 6
+    history = fit(model, loader, nn.CrossEntropyLoss(), sgd(model, lr=0.0), 1, progress=False)
+    with torch.no_grad():
+        right = model(X).argmax(1) == y
+    per_batch = [right[i : i + 8].float().mean().item() for i in range(0, 30, 8)]
+    assert history["train_accuracy"][0] == pytest.approx(right.float().mean().item())
+    assert abs(sum(per_batch) / len(per_batch) - right.float().mean().item()) > 1e-3, "the batches differ"
+
+
+@pytest.mark.parametrize(
+    "loss_fn",
+    [nn.CrossEntropyLoss(reduction="sum"), functools.partial(F.cross_entropy, reduction="sum")],
+    ids=["module", "partial"],
+)
+def test_a_summed_loss_is_divided_by_the_number_of_samples(loss_fn):
     model = make_model(dropout=0.0)
     X, y = classification_data(30)
     loader = DataLoader(TensorDataset(X, y), batch_size=8)
     mean = evaluate(model, loader, nn.CrossEntropyLoss())["loss"]
-    summed = evaluate(model, loader, nn.CrossEntropyLoss(reduction="sum"))["loss"]
-    assert summed == pytest.approx(mean, rel=1e-6)
+    assert evaluate(model, loader, loss_fn)["loss"] == pytest.approx(mean, rel=1e-6)
+    history = fit(model, loader, loss_fn, sgd(model, lr=0.0), 1, progress=False)
+    assert history["train_loss"][0] == pytest.approx(mean, rel=1e-6)
 
 
-# --- evaluate ------------------------------------------------------------------------------------
+# --- train and eval modes ------------------------------------------------------------------------
 
 
 class Spy(nn.Module):
@@ -145,25 +202,32 @@ def test_evaluate_runs_in_eval_mode_under_inference_mode_and_restores_the_mode()
     _, val = loaders()
     metrics = evaluate(model, val, nn.CrossEntropyLoss())
     assert set(model.seen) == {(False, True)}
-    assert model.training, "evaluate puts the model back in the mode it found it in"
+    assert model.training, "evaluate puts the model back in train mode, as it found it"
     assert set(metrics) == {"loss", "accuracy"}
+    model.eval()
+    evaluate(model, val, nn.CrossEntropyLoss())
+    assert not model.training, "and back in eval mode, as it found it"
 
 
 def test_validation_in_fit_runs_in_eval_mode_and_training_in_train_mode():
     companion.seed_everything(0)
     model = Spy()
     train, val = loaders()
-    fit(
-        model,
-        train,
-        nn.CrossEntropyLoss(),
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        1,
-        val_loader=val,
-        progress=False,
-    )
+    fit(model, train, nn.CrossEntropyLoss(), sgd(model), 1, val_loader=val, progress=False)
     assert model.seen[: len(train)] == [(True, False)] * len(train)
     assert model.seen[len(train) :] == [(False, True)] * len(val)
+
+
+def test_every_epoch_trains_in_train_mode_even_if_something_left_the_model_in_eval_mode():
+    class EvalAtEpochEnd(Callback):  # e.g. a callback that measures something
+        def on_train_epoch_end(self, state):
+            state.model.eval()
+
+    companion.seed_everything(0)
+    model = Spy().eval()
+    train, _ = loaders()
+    fit(model, train, nn.CrossEntropyLoss(), sgd(model), 3, callbacks=[EvalAtEpochEnd()], progress=False)
+    assert model.seen == [(True, False)] * 3 * len(train)
 
 
 def test_evaluate_is_deterministic_with_dropout_and_counts_accuracy():
@@ -186,6 +250,264 @@ def test_regression_metrics_have_no_accuracy():
     assert set(metrics) == {"loss"}
 
 
+# --- fit's options -------------------------------------------------------------------------------
+
+
+def test_gradient_clipping_is_the_hand_loop_with_clip_grad_norm_bit_for_bit():
+    model, train, _, loss_fn, opt, _ = setup()
+    opt = sgd(model, lr=0.5)
+    for _ in range(2):
+        train_one_epoch_by_hand(model, train, loss_fn, opt, clip=0.05)
+    expected = params(model)
+    model, train, _, loss_fn, _, _ = setup()
+    fit(model, train, loss_fn, sgd(model, lr=0.5), 2, gradient_clip_val=0.05, progress=False)
+    assert_same_params(params(model), expected)
+    model, train, _, loss_fn, _, _ = setup()
+    fit(model, train, loss_fn, sgd(model, lr=0.5), 2, progress=False)
+    assert not all(torch.equal(p, q) for p, q in zip(params(model), expected)), "clipping did something"
+
+
+class GradNorms(Callback):
+    def __init__(self):
+        self.norms = []
+
+    def on_before_optimizer_step(self, state):
+        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+
+def test_accumulating_k_batches_is_one_step_on_a_k_times_larger_batch():
+    X, y = classification_data(64)
+
+    def run(batch_size, k, loss_fn=None, lr=0.5):
+        companion.seed_everything(0)
+        model = make_model(dropout=0.0)
+        loader = DataLoader(TensorDataset(X, y), batch_size=batch_size)  # no shuffle: the same batches
+        norms = GradNorms()
+        fit(
+            model,
+            loader,
+            loss_fn or nn.CrossEntropyLoss(),
+            sgd(model, lr=lr),
+            3,
+            accumulate_grad_batches=k,
+            callbacks=[norms],
+            progress=False,
+        )
+        return params(model), norms.norms
+
+    large, large_norms = run(32, 1)
+    accumulated, accumulated_norms = run(8, 4)
+    small, _ = run(8, 1)
+    assert len(accumulated_norms) == len(large_norms) == 3 * 2, "one optimizer step per 4 batches"
+    assert accumulated_norms == pytest.approx(large_norms, rel=1e-5)
+    for p, q in zip(accumulated, large):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert not all(torch.allclose(p, q, atol=1e-3) for p, q in zip(small, large)), "4 steps differ from 1"
+    summed, _ = run(8, 4, nn.CrossEntropyLoss(reduction="sum"), lr=0.5 / 32)  # not divided by k
+    summed_large, _ = run(32, 1, nn.CrossEntropyLoss(reduction="sum"), lr=0.5 / 32)
+    for p, q in zip(summed, summed_large):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_steps_at_the_end_of_an_epoch_with_a_shorter_last_group():
+    X, y = classification_data(40)
+    loader = DataLoader(TensorDataset(X, y), batch_size=8)  # 5 batches: groups of 2, 2 and 1
+    companion.seed_everything(0)
+    model = make_model(dropout=0.0)
+    norms = GradNorms()
+    fit(
+        model,
+        loader,
+        nn.CrossEntropyLoss(),
+        sgd(model),
+        1,
+        accumulate_grad_batches=2,
+        callbacks=[norms],
+        progress=False,
+    )
+    assert len(norms.norms) == 3
+
+    companion.seed_everything(0)
+    by_hand = make_model(dropout=0.0)
+    opt = sgd(by_hand)
+    batches = list(loader)
+    for group in (batches[0:2], batches[2:4], batches[4:5]):
+        opt.zero_grad()
+        for xb, yb in group:
+            (F.cross_entropy(by_hand(xb), yb) / len(group)).backward()
+        opt.step()
+    for p, q in zip(params(model), params(by_hand)):
+        torch.testing.assert_close(p, q)
+
+
+def test_bf16_precision_runs_the_forward_pass_in_bfloat16_on_a_cpu():
+    class DtypeSpy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(5, 3)
+            self.dtypes = set()
+
+        def forward(self, x):
+            out = self.linear(x)
+            self.dtypes.add(out.dtype)
+            return out
+
+    companion.seed_everything(0)
+    model = DtypeSpy()
+    train, val = loaders()
+    before = params(model)
+    history = fit(
+        model, train, nn.CrossEntropyLoss(), sgd(model), 2, val_loader=val, precision="bf16", progress=False
+    )
+    assert model.dtypes == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "the weights stay float32"
+    assert all(math.isfinite(v) for v in history["train_loss"] + history["val_loss"])
+    assert not all(torch.equal(p, q) for p, q in zip(before, params(model)))
+
+
+@pytest.mark.parametrize("precision", ["16", "fp16", "16-mixed"])
+def test_float16_precision_on_a_cpu_says_to_use_bf16_or_a_gpu(precision):
+    model, train, _, loss_fn, opt, _ = setup()
+    with pytest.raises(ValueError, match=r"needs a CUDA GPU, but fit runs on cpu: pass precision='bf16'"):
+        fit(model, train, loss_fn, opt, 1, precision=precision, progress=False)
+
+
+def test_an_unknown_precision_lists_the_known_ones():
+    model, train, _, loss_fn, opt, _ = setup()
+    with pytest.raises(ValueError, match=r"precision must be one of '32', .*'bf16'.*got 'half'"):
+        fit(model, train, loss_fn, opt, 1, precision="half", progress=False)
+
+
+def test_options_left_off_do_no_work_per_batch(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("called although the option is off")
+
+    monkeypatch.setattr(torch, "autocast", forbidden)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", forbidden)
+    monkeypatch.setattr(torch.amp, "GradScaler", forbidden)
+    monkeypatch.setattr(Callback, "on_train_batch_end", forbidden)
+    monkeypatch.setattr(Callback, "on_before_optimizer_step", forbidden)
+
+    class EpochOnly(Callback):
+        def on_train_epoch_end(self, state):
+            pass
+
+    model, train, _, loss_fn, opt, sched = setup(epochs=2)
+    fit(model, train, loss_fn, opt, 2, scheduler=sched, callbacks=[EpochOnly()], progress=False)
+
+
+def test_on_an_accelerator_fit_reads_the_losses_once_per_epoch_not_once_per_step(monkeypatch):
+    """A host read (.item(), .tolist()) makes the host wait for the device: fit's own reads are per epoch."""
+    monkeypatch.setattr(train_module, "_checks_each_step", lambda device: False)  # as on a GPU
+    reads = []
+    for name in ("item", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, _real=real):
+            if "companion" in sys._getframe(1).f_code.co_filename:  # fit's reads, not torch's own
+                reads.append(sys._getframe(1).f_code.co_name)
+            return _real(self)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    model, train, val, loss_fn, opt, _ = setup()
+    fit(model, train, loss_fn, opt, 3, val_loader=val, progress=False)
+    assert len(train) == 4 and len(val) == 2
+    per_epoch = len(reads) / 3
+    assert per_epoch <= 8, f"{len(reads)} host reads in 3 epochs of 4 + 2 batches: {reads}"
+    reads.clear()
+    fit(model, train, loss_fn, opt, 6, val_loader=val, progress=False)
+    assert len(reads) == 6 * per_epoch, "the same number of reads per epoch: none per batch"
+
+
+def test_user_metrics_are_recorded_for_training_and_validation():
+    def mean_abs_logit(output, targets):  # a batch mean
+        return output.abs().mean(dim=1).mean()
+
+    def errors(output, targets):  # a (total, count) pair
+        return (output.argmax(1) != targets).sum(), torch.tensor(len(targets))
+
+    model, train, val, loss_fn, _, _ = setup()
+    history = fit(
+        model,
+        train,
+        loss_fn,
+        sgd(model, lr=0.0),
+        1,
+        val_loader=val,
+        metrics={"mean_abs_logit": mean_abs_logit, "error_rate": errors},
+        progress=False,
+    )
+    row = history.rows[-1]
+    assert row["val_error_rate"] == pytest.approx(1 - row["val_accuracy"])
+    X, _ = val.dataset.tensors
+    with torch.no_grad():
+        assert row["val_mean_abs_logit"] == pytest.approx(model(X).abs().mean().item(), rel=1e-6)
+    assert {"train_mean_abs_logit", "train_error_rate"} <= set(row)
+
+
+def test_a_metric_named_like_a_built_in_one_or_not_callable_is_rejected():
+    model, train, _, loss_fn, opt, _ = setup()
+    with pytest.raises(ValueError, match="other than 'loss' and 'accuracy'"):
+        fit(model, train, loss_fn, opt, 1, metrics={"accuracy": lambda o, t: o.sum()}, progress=False)
+    with pytest.raises(TypeError, match="metric 'f1' must be callable"):
+        fit(model, train, loss_fn, opt, 1, metrics={"f1": 0.5}, progress=False)
+
+
+def test_a_compiled_model_trains_and_its_checkpoint_loads_into_the_plain_model(tmp_path):
+    companion.seed_everything(0)
+    plain = make_model()
+    compiled = torch.compile(plain, backend="eager")
+    train, val = loaders()
+    path = tmp_path / "compiled.pt"
+    before = params(plain)
+    history = fit(
+        compiled,
+        train,
+        nn.CrossEntropyLoss(),
+        sgd(compiled),
+        2,
+        val_loader=val,
+        callbacks=[Checkpoint(path)],
+        progress=False,
+    )
+    assert not all(torch.equal(p, q) for p, q in zip(before, params(plain))), "it trained"
+    assert all(not k.startswith("_orig_mod.") for k in torch.load(path, weights_only=True)["model"])
+    fresh = make_model()
+    epoch, saved = load_checkpoint(path, model=fresh, restore_rng=False)
+    assert epoch == 2 and saved["val_loss"] == history["val_loss"]
+    assert_same_params(params(fresh), params(plain))
+
+
+# --- no float64 on the device ---------------------------------------------------------------------
+
+
+class Float64Detector(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                self.ops.append(str(func))
+        return out
+
+
+def test_fit_and_evaluate_create_no_float64_tensor_for_a_float32_model():
+    """Apple's MPS has no float64, and default_device() picks it: accumulators stay float32 or on the host."""
+    model, train, val, loss_fn, opt, sched = setup(epochs=2)
+    metrics = {"errors": lambda o, t: ((o.argmax(1) != t).sum(), torch.tensor(len(t)))}
+    with Float64Detector() as detector:
+        fit(model, train, loss_fn, opt, 2, val_loader=val, scheduler=sched, metrics=metrics, progress=False)
+        evaluate(model, val, loss_fn)
+    assert detector.ops == []
+    with Float64Detector() as detector:  # the detector does see one
+        torch.zeros(2).double()
+    assert detector.ops
+
+
 # --- errors that say what to pass ---------------------------------------------------------------
 
 
@@ -197,25 +519,22 @@ def test_non_finite_loss_stops_naming_epoch_and_step_before_the_step_changes_the
 
     def loss_fn(output, target):
         calls.append(1)
-        loss = nn.functional.cross_entropy(output, target)
+        loss = F.cross_entropy(output, target)
         if len(calls) == 7:  # epoch 2, step 3
             snapshot["params"] = params(model)
             return loss * math.inf
         return loss
 
     with pytest.raises(NonFiniteLossError, match=r"loss is inf at epoch 2, step 3 of 4") as info:
-        fit(model, train, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), 5, progress=False)
+        fit(model, train, loss_fn, sgd(model), 5, progress=False)
     assert isinstance(info.value, FloatingPointError) and (info.value.epoch, info.value.step) == (2, 3)
     assert_same_params(params(model), snapshot["params"])
-    assert "Lower the learning rate" in str(info.value)
+    assert "before that step could change the weights" in str(info.value)
+    assert "gradient_clip_val" in str(info.value), "advice fit itself can follow"
 
 
 def test_on_an_accelerator_the_check_runs_at_the_epoch_end_and_names_the_first_bad_step(monkeypatch):
-    import companion.train as train_module
-
-    monkeypatch.setattr(
-        train_module, "_checks_each_step", lambda device: False
-    )  # as on a GPU: no sync per step
+    monkeypatch.setattr(train_module, "_checks_each_step", lambda device: False)  # as on a GPU
     companion.seed_everything(0)
     model = make_model()
     train, _ = loaders(batch_size=8)
@@ -223,12 +542,20 @@ def test_on_an_accelerator_the_check_runs_at_the_epoch_end_and_names_the_first_b
 
     def loss_fn(output, target):
         calls.append(1)
-        loss = nn.functional.cross_entropy(output, target)
+        loss = F.cross_entropy(output, target)
         return loss * math.nan if len(calls) == 6 else loss  # epoch 2, step 2
 
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 2 of 4"):
-        fit(model, train, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), 5, progress=False)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 2 of 4") as info:
+        fit(model, train, loss_fn, sgd(model), 5, progress=False)
     assert len(calls) == 8, "the epoch ran to its end before the check"
+    assert "the weights may already be nan" in str(info.value)
+
+
+def test_non_finite_loss_error_survives_pickling_with_its_fields():
+    error = NonFiniteLossError(math.nan, 3, 7, 10, checked_each_step=False)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.epoch, copy.step, copy.steps, copy.checked_each_step) == (3, 7, 10, False)
+    assert str(copy) == str(error)
 
 
 def test_a_diverging_learning_rate_raises_instead_of_training_on_nans():
@@ -236,29 +563,41 @@ def test_a_diverging_learning_rate_raises_instead_of_training_on_nans():
     model = make_model()
     train, _ = loaders()
     with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf) at epoch \d+, step \d+"):
-        fit(
-            model,
-            train,
-            nn.CrossEntropyLoss(),
-            torch.optim.SGD(model.parameters(), lr=1e30),
-            20,
-            progress=False,
-        )
+        fit(model, train, nn.CrossEntropyLoss(), sgd(model, lr=1e30), 20, progress=False)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_optimizer_over_another_models_parameters_is_rejected():
+    model, train, _, loss_fn, _, _ = setup()
+    other = make_model()
+    before = params(model)
+    with pytest.raises(ValueError, match=r"none of them the model's.*model.parameters\(\)"):
+        fit(model, train, loss_fn, sgd(other), 1, progress=False)
+    assert_same_params(params(model), before)
+
+
+def test_an_optimizer_over_part_of_the_model_is_fine_tuning_and_accepted():
+    model, train, _, loss_fn, _, _ = setup()
+    first = params(model)[0]
+    fit(model, train, loss_fn, torch.optim.SGD(model[-1].parameters(), lr=0.1), 1, progress=False)
+    assert torch.equal(params(model)[0], first)
+
+
+def test_float_class_labels_with_cross_entropy_say_to_pass_long_targets():
+    X, y = classification_data()
+    loader = DataLoader(TensorDataset(X, y.float()), batch_size=8)
+    model = make_model()
+    with pytest.raises(ValueError, match=r"class labels must be integers, so pass targets.long\(\)"):
+        fit(model, loader, nn.CrossEntropyLoss(), sgd(model), 1, progress=False)
+    with pytest.raises(ValueError, match=r"targets.long\(\)"):  # also when the loss cannot be seen
+        check_output_fits(torch.zeros(8, 3), y[:8].float(), loss_fn=lambda o, t: F.cross_entropy(o, t.long()))
 
 
 def test_empty_loader_is_rejected_with_what_to_pass():
     model = make_model()
     empty = DataLoader(TensorDataset(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)), batch_size=4)
     with pytest.raises(ValueError, match="train_loader is empty.*at least one sample"):
-        fit(
-            model,
-            empty,
-            nn.CrossEntropyLoss(),
-            torch.optim.SGD(model.parameters(), lr=0.1),
-            1,
-            progress=False,
-        )
+        fit(model, empty, nn.CrossEntropyLoss(), sgd(model), 1, progress=False)
     short = DataLoader(
         TensorDataset(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long)), batch_size=4, drop_last=True
     )
@@ -275,7 +614,7 @@ def test_output_n_by_1_against_targets_n_raises_naming_both_shapes():
     with pytest.raises(
         ValueError, match=re.escape("prediction of shape (8, 1) and target of shape (8,) differ")
     ) as info:
-        fit(model, loader, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
+        fit(model, loader, nn.MSELoss(), sgd(model), 1, progress=False)
     assert "broadcast them to (8, 8)" in str(info.value) and "squeeze" in str(info.value)
 
 
@@ -292,12 +631,12 @@ def test_logits_with_too_few_classes_raise_naming_the_largest_label():
         ((4, 1), (4,), "pred.squeeze(-1)"),
         ((4,), (4, 1), "target.squeeze(-1)"),
         ((2, 4), (2, 2, 2), "view_as"),
-        ((4, 3), (4,), "one value per target, shape (4,)"),
+        ((4, 3), (4, 2), "one value per target, shape (4, 2)"),
     ],
 )
 def test_float_targets_of_another_shape_get_the_fix_that_fits(out, tgt, fix):
     with pytest.raises(ValueError, match=re.escape(fix)):
-        check_output_fits(torch.zeros(out), torch.zeros(tgt))
+        check_output_fits(torch.zeros(out), torch.rand(tgt))
 
 
 def test_class_labels_of_shape_n_by_1_suggest_squeeze():
@@ -322,6 +661,8 @@ def test_matching_shapes_and_non_tensors_pass():
         torch.zeros(4, 3), torch.tensor([0, 2, -100, 1])
     )  # -100: CrossEntropyLoss's ignore_index
     check_output_fits(torch.zeros(2, 3, 5), torch.zeros(2, 5, dtype=torch.long))  # per-position classes
+    check_output_fits(torch.zeros(4, 3), torch.rand(4, 3), nn.CrossEntropyLoss())  # class probabilities
+    check_output_fits(torch.zeros(4, 2), torch.tensor([0.5, 1.5, 2.0, 3.0]).unsqueeze(1).expand(4, 2))
     check_output_fits({"logits": torch.zeros(2, 3)}, torch.zeros(2))
 
 
@@ -330,14 +671,7 @@ def test_non_positive_epochs_are_rejected_with_what_to_pass(epochs):
     model = make_model()
     train, _ = loaders()
     with pytest.raises(ValueError, match=rf"epochs must be at least 1, got {epochs}; .*epochs=10"):
-        fit(
-            model,
-            train,
-            nn.CrossEntropyLoss(),
-            torch.optim.SGD(model.parameters(), lr=0.1),
-            epochs,
-            progress=False,
-        )
+        fit(model, train, nn.CrossEntropyLoss(), sgd(model), epochs, progress=False)
 
 
 @pytest.mark.parametrize("epochs", [2.0, "3", True, None])
@@ -345,14 +679,22 @@ def test_epochs_that_are_not_an_int_are_a_type_error(epochs):
     model = make_model()
     train, _ = loaders()
     with pytest.raises(TypeError, match=r"epochs must be an int.*pass e.g. epochs=10"):
-        fit(
-            model,
-            train,
-            nn.CrossEntropyLoss(),
-            torch.optim.SGD(model.parameters(), lr=0.1),
-            epochs,
-            progress=False,
-        )
+        fit(model, train, nn.CrossEntropyLoss(), sgd(model), epochs, progress=False)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("gradient_clip_val", 0, "gradient_clip_val must be a positive number"),
+        ("gradient_clip_val", math.inf, "gradient_clip_val must be a positive number"),
+        ("accumulate_grad_batches", 0, "accumulate_grad_batches must be a positive int"),
+        ("accumulate_grad_batches", 2.0, "accumulate_grad_batches must be a positive int"),
+    ],
+)
+def test_bad_clipping_or_accumulation_says_what_to_pass(option, value, message):
+    model, train, _, loss_fn, opt, _ = setup()
+    with pytest.raises(ValueError, match=message + ".*pass e.g."):
+        fit(model, train, loss_fn, opt, 1, progress=False, **{option: value})
 
 
 def test_batches_that_are_not_pairs_are_a_type_error():
@@ -360,28 +702,20 @@ def test_batches_that_are_not_pairs_are_a_type_error():
     X, y = classification_data()
     loader = DataLoader(TensorDataset(X, y, y), batch_size=8)
     with pytest.raises(TypeError, match=r"pair \(inputs, targets\), got a list of 3"):
-        fit(
-            model,
-            loader,
-            nn.CrossEntropyLoss(),
-            torch.optim.SGD(model.parameters(), lr=0.1),
-            1,
-            progress=False,
-        )
+        fit(model, loader, nn.CrossEntropyLoss(), sgd(model), 1, progress=False)
 
 
 def test_loss_that_is_not_reduced_to_a_scalar_is_rejected():
     model = make_model()
     train, _ = loaders()
     with pytest.raises(ValueError, match=r"scalar tensor, got \(8,\).*reduction='mean'"):
-        fit(
-            model,
-            train,
-            nn.CrossEntropyLoss(reduction="none"),
-            torch.optim.SGD(model.parameters(), lr=0.1),
-            1,
-            progress=False,
-        )
+        fit(model, train, nn.CrossEntropyLoss(reduction="none"), sgd(model), 1, progress=False)
+
+
+def test_an_optimizer_that_is_not_one_is_a_type_error():
+    model, train, _, loss_fn, _, _ = setup()
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        fit(model, train, loss_fn, object(), 1, progress=False)
 
 
 # --- schedulers ----------------------------------------------------------------------------------
@@ -402,10 +736,13 @@ def test_a_scheduler_of_unknown_interval_must_be_told_when_to_step():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0125)
 
 
-def test_one_cycle_is_stepped_after_every_batch():
+def test_one_cycle_is_stepped_after_every_optimizer_step():
     model, train, _, loss_fn, opt, sched = setup(epochs=3)
     fit(model, train, loss_fn, opt, 3, scheduler=sched, progress=False)
     assert sched.last_epoch == 3 * len(train)
+    model, train, _, loss_fn, opt, sched = setup(epochs=3)
+    fit(model, train, loss_fn, opt, 3, scheduler=sched, accumulate_grad_batches=2, progress=False)
+    assert sched.last_epoch == 3 * len(train) // 2
 
 
 def test_reduce_lr_on_plateau_is_stepped_with_the_validation_loss():
@@ -415,71 +752,7 @@ def test_reduce_lr_on_plateau_is_stepped_with_the_validation_loss():
     assert plateau.best == min(history["val_loss"])
 
 
-# --- callbacks ------------------------------------------------------------------------------------
-
-
-class StopAfter:
-    """A callback in two lines: ask fit to stop after `epochs` epochs."""
-
-    def __init__(self, epochs):
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, history, state):
-        return epoch >= self.epochs
-
-
-def test_a_callback_returning_true_stops_training_after_that_epoch():
-    model, train, _, loss_fn, opt, sched = setup()
-    history = fit(model, train, loss_fn, opt, 6, scheduler=sched, callbacks=[StopAfter(2)], progress=False)
-    assert len(history) == 2
-
-
-def test_a_callback_without_on_epoch_end_is_a_type_error():
-    model, train, _, loss_fn, opt, _ = setup()
-    with pytest.raises(TypeError, match="no on_epoch_end"):
-        fit(model, train, loss_fn, opt, 1, callbacks=[object()], progress=False)
-
-
-def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
-    model, train, val, loss_fn, opt, _ = setup()
-    stopper = EarlyStopping("val_loss", patience=2)
-    best = {}
-
-    class Keep:  # record the weights of each epoch to compare with what EarlyStopping restores
-        def on_epoch_end(self, epoch, history, state):
-            best[epoch] = params(state.model)
-
-    # lr so large the validation loss gets worse after the first epochs
-    for g in opt.param_groups:
-        g["lr"] = 3.0
-    history = fit(model, train, loss_fn, opt, 30, val_loader=val, callbacks=[Keep(), stopper], progress=False)
-    losses = history["val_loss"]
-    best_epoch = losses.index(min(losses)) + 1
-    assert stopper.best_epoch == best_epoch and len(history) == best_epoch + 2 == stopper.stopped_epoch
-    assert_same_params(params(model), best[best_epoch])
-
-
-def test_early_stopping_on_a_metric_fit_does_not_record_says_what_to_pass():
-    model, train, _, loss_fn, opt, _ = setup()
-    with pytest.raises(ValueError, match=r"monitors 'val_loss'.*pass val_loader to fit"):
-        fit(model, train, loss_fn, opt, 1, callbacks=[EarlyStopping("val_loss")], progress=False)
-
-
-def test_checkpoint_before_a_stateful_callback_is_rejected(tmp_path):
-    model, train, _, loss_fn, opt, _ = setup()
-    with pytest.raises(ValueError, match="put Checkpoint last"):
-        fit(
-            model,
-            train,
-            loss_fn,
-            opt,
-            1,
-            callbacks=[Checkpoint(tmp_path / "c.pt"), EarlyStopping()],
-            progress=False,
-        )
-
-
-# --- checkpoints and resuming ----------------------------------------------------------------------
+# --- resuming ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("generator", [True, False], ids=["loader-generator", "global-rng-shuffle"])
@@ -502,18 +775,18 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_weights_bit_for_bit(
 
     path = tmp_path / "run" / "last.pt"
     model, train, val, loss_fn, opt, sched = setup(epochs, generator)
-    first = fit(
-        model,
-        train,
-        loss_fn,
-        opt,
-        epochs,
-        val_loader=val,
-        scheduler=sched,
-        callbacks=[EarlyStopping(patience=50), Checkpoint(path), StopAfter(2)],
-        progress=False,
-    )
-    assert len(first) == 2 and path.is_file()
+    with pytest.raises(PowerCut):
+        fit(
+            model,
+            train,
+            loss_fn,
+            opt,
+            epochs,
+            val_loader=val,
+            scheduler=sched,
+            callbacks=[EarlyStopping(patience=50), Checkpoint(path), CutPowerAt(3)],
+            progress=False,
+        )
     # something else draws random numbers in between (a new process would start from other states)
     random.random(), np.random.rand(), torch.rand(5), next(iter(train))
 
@@ -534,118 +807,6 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_weights_bit_for_bit(
     assert_same_params(params(model), uninterrupted)
     assert (resumed_stopper.best, resumed_stopper.best_epoch) == (stopper.best, stopper.best_epoch)
     assert history["epoch"] == list(range(1, epochs + 1))
-    assert history["val_loss"][:2] == first["val_loss"]
-
-
-def test_without_restoring_the_random_generators_the_resumed_run_differs(tmp_path):
-    """The reason the checkpoint stores RNG states: the shuffle and the dropout masks depend on them."""
-    epochs = 4
-    model, train, val, loss_fn, opt, sched = setup(epochs)
-    fit(model, train, loss_fn, opt, epochs, scheduler=sched, progress=False)
-    uninterrupted = params(model)
-
-    path = tmp_path / "last.pt"
-    model, train, val, loss_fn, opt, sched = setup(epochs)
-    fit(
-        model,
-        train,
-        loss_fn,
-        opt,
-        epochs,
-        scheduler=sched,
-        callbacks=[Checkpoint(path), StopAfter(2)],
-        progress=False,
-    )
-    torch.rand(5), next(iter(train))
-    model, train, val, loss_fn, opt, sched = setup(epochs, seed=5)
-    start, history = load_checkpoint(path, model=model, optimizer=opt, scheduler=sched, restore_rng=False)
-    assert start == 2 and len(history) == 2
-    for _ in range(start, epochs):
-        train_one_epoch_by_hand(model, train, loss_fn, opt, sched)
-    assert not all(torch.equal(p, q) for p, q in zip(params(model), uninterrupted))
-
-
-def test_checkpoint_holds_every_generator_and_loads_with_weights_only(tmp_path):
-    model, train, _, _, opt, sched = setup()
-    path = save_checkpoint(
-        tmp_path / "c.pt", model=model, optimizer=opt, scheduler=sched, epoch=3, train_loader=train
-    )
-    state = torch.load(path, weights_only=True)
-    assert set(state["rng"]) == {"torch", "cuda", "python", "numpy", "loader"}
-    assert len(state["rng"]["loader"]) == 1 and state["epoch"] == 3
-
-
-def test_checkpoint_is_written_atomically_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
-    model, train, _, _, opt, _ = setup()
-    path = tmp_path / "c.pt"
-    replaced = []
-    real_replace = os.replace
-    monkeypatch.setattr(
-        cbs.os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst))
-    )
-    save_checkpoint(path, model=model, optimizer=opt, epoch=1)
-    ((src, dst),) = replaced
-    assert os.path.dirname(src) == str(tmp_path) and dst == path, "the temporary file is in the same folder"
-    before = path.read_bytes()
-
-    def broken_save(obj, f):
-        f.write(b"half a checkpoint")
-        raise KeyboardInterrupt  # interrupted while writing
-
-    monkeypatch.setattr(cbs.torch, "save", broken_save)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, model=model, optimizer=opt, epoch=2)
-    assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["c.pt"], "no temporary file is left behind"
-
-
-def test_resuming_with_other_callbacks_or_another_loader_says_what_to_pass(tmp_path):
-    model, train, val, loss_fn, opt, sched = setup()
-    path = tmp_path / "c.pt"
-    fit(
-        model,
-        train,
-        loss_fn,
-        opt,
-        2,
-        val_loader=val,
-        callbacks=[EarlyStopping(), Checkpoint(path)],
-        progress=False,
-    )
-    with pytest.raises(ValueError, match="resume with the same callbacks"):
-        fit(
-            model,
-            train,
-            loss_fn,
-            opt,
-            3,
-            val_loader=val,
-            callbacks=[Checkpoint(path)],
-            progress=False,
-            resume_from=path,
-        )
-    unseeded, _ = loaders(generator=False)
-    other = make_model()
-    before = params(other)
-    with pytest.raises(ValueError, match=r"1 DataLoader generator state\(s\) but train_loader has 0"):
-        fit(
-            other,
-            unseeded,
-            loss_fn,
-            torch.optim.SGD(other.parameters(), lr=0.1),
-            3,
-            val_loader=val,
-            callbacks=[EarlyStopping(), Checkpoint(path)],
-            progress=False,
-            resume_from=path,
-        )
-    assert_same_params(params(other), before)  # a refused resume changes nothing
-    fresh = make_model()
-    epoch, history = load_checkpoint(
-        path, model=fresh, restore_rng=False
-    )  # weights only: no callbacks needed
-    assert epoch == 2 and len(history) == 2
-    assert_same_params(params(fresh), params(model))
 
 
 def test_resuming_a_finished_run_trains_no_further(tmp_path):
@@ -660,36 +821,116 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path):
     assert_same_params(params(model), before)
 
 
-def test_load_checkpoint_of_a_missing_file_says_what_to_pass(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at .*Checkpoint\\(path\\)"):
-        load_checkpoint(tmp_path / "nope.pt", model=make_model())
-
-
-# --- History and the progress bar ------------------------------------------------------------------
-
-
-def test_history_plot_returns_a_figure_with_labelled_loss_and_accuracy_panels():
-    h = History(
-        [
-            {"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "val_accuracy": 0.5},
-            {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7, "val_accuracy": 0.8},
-        ]
+def test_resuming_an_early_stopped_run_trains_no_further_and_keeps_its_best_weights(tmp_path):
+    model, train, val, loss_fn, opt, _ = setup()
+    for g in opt.param_groups:
+        g["lr"] = 3.0  # the validation loss soon gets worse
+    path = tmp_path / "c.pt"
+    stopper = EarlyStopping(patience=2)
+    first = fit(
+        model, train, loss_fn, opt, 30, val_loader=val, callbacks=[stopper, Checkpoint(path)], progress=False
     )
-    fig = h.plot()
-    loss_ax, acc_ax = fig.axes
-    assert (
-        loss_ax.get_xlabel() == "epoch"
-        and loss_ax.get_ylabel() == "loss (log scale)"
-        and acc_ax.get_ylabel() == "accuracy"
+    assert len(first) < 30
+    ended_with = params(model)
+    model, train, val, loss_fn, opt, _ = setup(seed=7)
+    history = fit(
+        model,
+        train,
+        loss_fn,
+        opt,
+        30,
+        val_loader=val,
+        callbacks=[EarlyStopping(patience=2), Checkpoint(path)],
+        progress=False,
+        resume_from=path,
     )
-    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train loss", "val loss"]
-    assert list(acc_ax.lines[0].get_ydata()) == [0.5, 0.8]
-    matplotlib.pyplot.close(fig)
+    assert len(history) == len(first)
+    assert_same_params(params(model), ended_with)
 
 
-def test_history_of_an_unknown_metric_lists_the_known_ones():
-    with pytest.raises(KeyError, match=r"no metric 'val_acc'.*\['train_loss'\]"):
-        History([{"epoch": 1, "train_loss": 1.0}])["val_acc"]
+def test_resuming_with_fewer_epochs_than_the_checkpoint_holds_says_what_to_pass(tmp_path):
+    model, train, _, loss_fn, opt, _ = setup()
+    path = tmp_path / "c.pt"
+    fit(model, train, loss_fn, opt, 3, callbacks=[Checkpoint(path)], progress=False)
+    before = params(model)
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(path))} holds 3 epochs, more than epochs=2: pass epochs=3"
+    ):
+        fit(model, train, loss_fn, opt, 2, callbacks=[Checkpoint(path)], progress=False, resume_from=path)
+    assert_same_params(params(model), before)
+
+
+def test_a_refused_resume_leaves_model_optimizer_and_callbacks_untouched(tmp_path):
+    model, train, val, loss_fn, opt, _ = setup()
+    path = tmp_path / "c.pt"
+    fit(
+        model,
+        train,
+        loss_fn,
+        opt,
+        2,
+        val_loader=val,
+        callbacks=[EarlyStopping(), Checkpoint(path)],
+        progress=False,
+    )
+
+    companion.seed_everything(5)
+    other = nn.Sequential(
+        nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 4)
+    )  # another last layer
+    other_opt = torch.optim.AdamW(other.parameters(), lr=0.05)
+    stopper = EarlyStopping()
+    stopper.best, stopper.wait = 0.5, 1  # as a run would have left it
+    before, torch_rng = params(other), torch.get_rng_state()
+    with pytest.raises(
+        CheckpointError, match=rf"{re.escape(str(path))}.*3.weight: saved \(3, 16\), model \(4, 16\)"
+    ):
+        fit(
+            other,
+            train,
+            loss_fn,
+            other_opt,
+            4,
+            val_loader=val,
+            callbacks=[stopper, Checkpoint(path)],
+            progress=False,
+            resume_from=path,
+        )
+    assert_same_params(params(other), before)
+    assert other_opt.state_dict()["state"] == {}
+    assert (stopper.best, stopper.wait) == (0.5, 1), "on_fit_start did not run: nothing was reset"
+    assert torch.equal(torch.get_rng_state(), torch_rng)
+
+
+def test_resuming_with_persistent_workers_is_refused_before_anything_changes(tmp_path):
+    model, train, _, loss_fn, opt, _ = setup()
+    path = save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, epoch=1, train_loader=train)
+    persistent = DataLoader(
+        train.dataset,
+        batch_size=8,
+        shuffle=True,
+        generator=torch.Generator(),
+        num_workers=1,
+        persistent_workers=True,
+    )
+    fresh = make_model()
+    before = params(fresh)
+    with pytest.raises(
+        CheckpointError, match=r"persistent_workers=True.*exact only with persistent_workers=False"
+    ):
+        fit(
+            fresh,
+            persistent,
+            loss_fn,
+            torch.optim.AdamW(fresh.parameters()),
+            3,
+            progress=False,
+            resume_from=path,
+        )
+    assert_same_params(params(fresh), before)
+
+
+# --- the progress bar and the package -------------------------------------------------------------
 
 
 def test_progress_bar_goes_to_stderr_and_only_when_asked(capsys):
@@ -703,3 +944,4 @@ def test_progress_bar_goes_to_stderr_and_only_when_asked(capsys):
 
 def test_top_level_exports_fit_evaluate_and_history():
     assert companion.fit is fit and companion.evaluate is evaluate and companion.History is History
+    assert train_module.History is History

@@ -1,0 +1,497 @@
+"""Checkpoint files (chapter 6): write everything a resumed run needs, read it back without corrupting anything.
+
+A checkpoint holds everything that decides what the next epoch computes, so that a resumed run ends
+with the same weights, bit for bit on a CPU, as an uninterrupted one:
+
+- the model's, the optimizer's, the scheduler's (and a ``GradScaler``'s) ``state_dict()``, the epoch,
+  the number of optimizer steps and the history;
+- the state of every callback that has one (``state_dict()``, e.g. early stopping's patience counter);
+- every random number generator: PyTorch's CPU generator (dropout, augmentation, and the shuffle
+  of a ``DataLoader`` built without a ``generator``), every CUDA device's, Python's ``random``,
+  NumPy's global one, and the ``generator`` of the training ``DataLoader`` (and of its sampler)
+  when it has one: that generator is what a seeded ``DataLoader(shuffle=True, generator=g)``
+  shuffles with, and restoring it is what makes epoch ``k + 1`` draw the same order again.
+
+**Writing** is atomic: to a temporary file in the same folder, flushed to disk, renamed over the old
+one with ``os.replace``, then the folder itself is flushed so the rename survives a power cut. A run
+killed while saving leaves the previous checkpoint whole; its stale temporary file is removed by the
+next save.
+
+**Reading** checks before it changes anything: :func:`read_checkpoint` refuses a file that is
+truncated or is not a checkpoint, and :meth:`SavedCheckpoint.check` compares the model's keys and
+shapes, the optimizer's class and parameter groups, the scheduler's class and the callbacks with
+what was saved. A refused load leaves the model, optimizer, scheduler, callbacks and generators as
+they were, and its error names the file and what does not match. One state cannot be saved: the
+random streams inside the workers of a ``DataLoader`` with ``persistent_workers=True``, which draw
+their seed once, in the loader's first epoch. A resume with such a loader (in the saved run or now)
+would shuffle and augment differently from the uninterrupted run, so it is refused.
+
+A model compiled with ``torch.compile`` names its weights ``_orig_mod.<name>``; checkpoints store
+the plain names, so a compiled run's checkpoint loads into the plain model and back.
+
+This module knows nothing of the training loop: :mod:`companion.callbacks` and :mod:`companion.train`
+call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import random
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from companion.history import History
+
+__all__ = [
+    "CheckpointError",
+    "SavedCheckpoint",
+    "check_file_path",
+    "load_checkpoint",
+    "load_plain_state_dict",
+    "loader_generators",
+    "plain_state_dict",
+    "read_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+FORMAT = "companion.checkpoint/2"
+COMPILED = "_orig_mod"  # the attribute (and key segment) under which torch.compile keeps the model
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that does not fit what it would be loaded into."""
+
+
+# --- the model's weights under their plain names ---------------------------------------------------
+
+
+def _plain_key(key: str) -> str:
+    return ".".join(part for part in key.split(".") if part != COMPILED)
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` under the names of the uncompiled model (``_orig_mod.`` segments dropped)."""
+    return {_plain_key(k): v for k, v in model.state_dict().items()}
+
+
+def _model_mismatch(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> str | None:
+    """What differs between ``model``'s weights and ``saved`` (plain names), or None if they fit."""
+    own = plain_state_dict(model)
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [
+        f"{k}: saved {tuple(saved[k].shape)}, model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in saved
+        and isinstance(v, torch.Tensor)
+        and isinstance(saved[k], torch.Tensor)
+        and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"the model has weights the checkpoint lacks: {_few(missing)}")
+    if unexpected:
+        problems.append(f"the checkpoint has weights the model lacks: {_few(unexpected)}")
+    if shapes:
+        problems.append(f"shapes differ: {_few(shapes)}")
+    return "; ".join(problems) or None
+
+
+def load_plain_state_dict(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    """Load weights saved under plain names into ``model``, compiled or not; raise before changing
+    anything if a name or a shape differs."""
+    problem = _model_mismatch(model, saved)
+    if problem:
+        raise CheckpointError(f"the weights do not fit this model: {problem}")
+    model.load_state_dict({k: saved[_plain_key(k)] for k in model.state_dict()})
+
+
+def _few(items: Sequence[str], n: int = 4) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+# --- random number generators ----------------------------------------------------------------------
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The distinct torch generators a DataLoader (and its sampler) draw from, in a fixed order."""
+    found: list[torch.Generator] = []
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for owner in (loader, sampler, getattr(batch_sampler, "sampler", None)):
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not f for f in found):
+            found.append(g)
+    return found
+
+
+def _persistent_workers(loader: Any) -> bool:
+    return bool(getattr(loader, "persistent_workers", False)) and getattr(loader, "num_workers", 0) > 0
+
+
+def rng_state(train_loader: Any = None) -> dict[str, Any]:
+    """Every random number generator's state, in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {
+            **np_state,
+            "state": {
+                "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                "pos": int(np_state["state"]["pos"]),
+            },
+        },
+        "loader": [g.get_state() for g in loader_generators(train_loader)],
+    }
+
+
+def _rng_mismatch(state: Mapping[str, Any], train_loader: Any) -> str | None:
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) != torch.cuda.device_count():
+        return (
+            f"it holds the RNG state of {len(state['cuda'])} CUDA devices but this machine has "
+            f"{torch.cuda.device_count()}: resume on as many devices, or load the weights alone "
+            "(load_checkpoint(..., restore_rng=False))"
+        )
+    if train_loader is not None:
+        have = len(loader_generators(train_loader))
+        if have != len(state["loader"]):
+            return (
+                f"it holds {len(state['loader'])} DataLoader generator state(s) but train_loader has {have} "
+                "generator(s): resume with a loader built the same way "
+                "(DataLoader(..., generator=torch.Generator()) if it had one)"
+            )
+    return None
+
+
+def set_rng_state(state: Mapping[str, Any], train_loader: Any = None) -> None:
+    """Restore what :func:`rng_state` saved, the loader's generators too when ``train_loader`` is given.
+    (CUDA states are skipped on a machine without CUDA.)"""
+    problem = _rng_mismatch(state, train_loader)
+    if problem:
+        raise CheckpointError(f"cannot restore these random generators: {problem}")
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            **np_state,
+            "state": {
+                "key": np_state["state"]["key"].numpy().astype(np.uint32),
+                "pos": np_state["state"]["pos"],
+            },
+        }
+    )
+    if train_loader is not None:
+        for g, saved in zip(loader_generators(train_loader), state["loader"]):
+            g.set_state(saved)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _stateful(callbacks: Iterable[Any]) -> list[Any]:
+    """The callbacks with a state to save: both ``state_dict()`` and ``load_state_dict()``."""
+    return [
+        c
+        for c in callbacks
+        if callable(getattr(c, "state_dict", None)) and callable(getattr(c, "load_state_dict", None))
+    ]
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files a killed save of ``path`` left behind (``.<name>.<pid>.<random>.tmp``)."""
+    for stale in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):
+        try:
+            os.remove(stale)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk; POSIX only, Windows has no such call."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    # a new name in the same folder (a rename across file systems would not be atomic); mode "xb"
+    # refuses to overwrite anything and creates the file with the usual permissions
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def check_file_path(path: Path) -> None:
+    """Raise ``ValueError`` if ``path`` is an existing directory: a checkpoint is one file."""
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a directory, but a checkpoint is one file: pass a file name such as {path / 'last.pt'}"
+        )
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    epoch: int = 0,
+    global_step: int = 0,
+    history: History | None = None,
+    train_loader: Iterable | None = None,
+    callbacks: Sequence[Any] = (),
+    stopped: bool = False,
+) -> Path:
+    """Write everything a resumed :func:`companion.train.fit` needs to ``path``, atomically. Returns the path.
+
+    ``stopped``: the run ended here because a callback asked (early stopping): resuming it trains no further.
+    """
+    path = Path(path)
+    check_file_path(path)
+    state = {
+        "format": FORMAT,
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "stopped": bool(stopped),
+        "model": plain_state_dict(model),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer_class": type(optimizer).__qualname__ if optimizer is not None else None,
+        "optimizer_shapes": [[list(p.shape) for p in g["params"]] for g in optimizer.param_groups]
+        if optimizer is not None
+        else None,
+        "optimizer_settings": sorted(optimizer.defaults) if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scheduler_class": type(scheduler).__qualname__ if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "history": history.rows if history is not None else [],
+        "callbacks": [{"name": type(c).__qualname__, "state": c.state_dict()} for c in _stateful(callbacks)],
+        "persistent_workers": _persistent_workers(train_loader),
+        "rng": rng_state(train_loader),
+    }
+    _atomic_save(state, path)
+    return path
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+class SavedCheckpoint:
+    """A checkpoint read from disk: :meth:`check` what it would be loaded into, then :meth:`restore` it.
+
+    ``epoch``, ``global_step``, ``history`` and ``stopped`` are what the saved run had reached.
+    """
+
+    def __init__(self, path: Path, state: dict[str, Any]):
+        self.path, self._state = path, state
+        self.epoch: int = state["epoch"]
+        self.global_step: int = state["global_step"]
+        self.stopped: bool = state["stopped"]
+
+    @property
+    def history(self) -> History:
+        return History(self._state["history"])
+
+    def _refuse(self, problem: str) -> CheckpointError:
+        return CheckpointError(f"cannot load the checkpoint {self.path}: {problem}")
+
+    def check(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        train_loader: Iterable | None = None,
+        callbacks: Sequence[Any] | None = None,
+        restore_rng: bool = True,
+    ) -> None:
+        """Raise :class:`CheckpointError` (naming the file and the mismatch) unless everything given fits.
+
+        Changes nothing. ``callbacks=None`` leaves callbacks out (loading weights only); a list must
+        have callbacks with state of the same classes, in the same order, as the run that saved it.
+        """
+        s = self._state
+        problem = _model_mismatch(model, s["model"])
+        if problem:
+            raise self._refuse(f"the model differs from the one saved: {problem}")
+        for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            if obj is not None and s[name] is None:
+                raise self._refuse(
+                    f"it holds no {name} state: pass {name}=None, or resume the run that has one"
+                )
+            if obj is not None and name != "scaler" and s[f"{name}_class"] != type(obj).__qualname__:
+                raise self._refuse(
+                    f"it holds the state of a {s[f'{name}_class']} {name}, not of a {type(obj).__qualname__}: "
+                    f"resume with the {name} the run was saved with"
+                )
+        if optimizer is not None:
+            have = [[list(p.shape) for p in g["params"]] for g in optimizer.param_groups]
+            if have != s["optimizer_shapes"]:
+                raise self._refuse(
+                    f"the optimizer's parameter groups differ: saved {_groups(s['optimizer_shapes'])}, "
+                    f"given {_groups(have)}; build the optimizer as for the saved run "
+                    "(the same groups, over the same parameters, in the same order)"
+                )
+            # settings of the saved update rule that this optimizer does not have: another rule under the
+            # same class name (only this way round: a newer torch may add settings to a class)
+            unknown = sorted(set(s["optimizer_settings"]) - set(optimizer.defaults))
+            if unknown:
+                raise self._refuse(
+                    f"its optimizer has settings this {type(optimizer).__qualname__} does not: "
+                    f"{', '.join(unknown)}; resume with the optimizer (and update rule) the run was saved with"
+                )
+        if callbacks is not None:
+            saved = [c["name"] for c in s["callbacks"]]
+            given = [type(c).__qualname__ for c in _stateful(callbacks)]
+            if saved != given:
+                raise self._refuse(
+                    f"it holds the state of the callbacks {saved} but the callbacks with state given are "
+                    f"{given}: resume with the same callbacks as the run that saved it"
+                )
+        if restore_rng:
+            problem = _rng_mismatch(s["rng"], train_loader)
+            if problem:
+                raise self._refuse(problem)
+            if train_loader is not None and (s["persistent_workers"] or _persistent_workers(train_loader)):
+                which = "the saved run's" if s["persistent_workers"] else "this"
+                raise self._refuse(
+                    f"{which} training DataLoader has persistent_workers=True. Its workers draw their random "
+                    "seed once, in the loader's first epoch, so a resumed run would shuffle and augment "
+                    "differently from the uninterrupted one: a resume is exact only with "
+                    "persistent_workers=False. To go on anyway, inexactly, load the state with "
+                    "load_checkpoint(path, model=..., optimizer=..., scheduler=..., restore_rng=False) "
+                    "and fit the remaining epochs"
+                )
+
+    def restore(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        train_loader: Iterable | None = None,
+        callbacks: Sequence[Any] | None = None,
+        restore_rng: bool = True,
+    ) -> None:
+        """:meth:`check` everything, then load it: the model, then each of the others that is given.
+
+        With ``restore_rng=True`` every random number generator is set back to where it was when the
+        checkpoint was written (the loader's when ``train_loader`` is given), which a bit-for-bit
+        resume needs; pass ``False`` to load weights without touching the global generators.
+        """
+        kwargs = dict(
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            train_loader=train_loader,
+            callbacks=callbacks,
+            restore_rng=restore_rng,
+        )
+        self.check(**kwargs)
+        s = self._state
+        load_plain_state_dict(model, s["model"])
+        for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            if obj is not None:
+                obj.load_state_dict(s[name])
+        if callbacks is not None:
+            for c, saved in zip(_stateful(callbacks), s["callbacks"]):
+                c.load_state_dict(copy.deepcopy(saved["state"]))
+        if restore_rng:
+            set_rng_state(s["rng"], train_loader)
+
+
+def _groups(shapes: list[list[list[int]]]) -> str:
+    return f"{len(shapes)} group(s) of {[len(g) for g in shapes]} parameters"
+
+
+def read_checkpoint(path: str | os.PathLike) -> SavedCheckpoint:
+    """Read a file written by :func:`save_checkpoint`; raise, naming the file, if it is not one.
+
+    Raises:
+        FileNotFoundError: no file at ``path``. ValueError: ``path`` is a directory.
+        CheckpointError: the file is truncated, or is not a checkpoint of this format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: pass the path a Checkpoint(path) callback wrote")
+    check_file_path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, a text file, a pickle of something else: all unreadable
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(error).__name__}: {error}): the file is "
+            "truncated or is not a checkpoint; pass a file that save_checkpoint or Checkpoint wrote"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path} is not a checkpoint of format {FORMAT!r} (found {found!r}): pass a file that "
+            "companion.checkpoint.save_checkpoint or companion.callbacks.Checkpoint wrote"
+        )
+    return SavedCheckpoint(path, state)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    train_loader: Iterable | None = None,
+    callbacks: Sequence[Any] | None = None,
+    restore_rng: bool = True,
+) -> tuple[int, History]:
+    """Load a checkpoint into ``model`` (and whichever of the others are given); return ``(epoch, history)``.
+
+    Everything is checked first (:meth:`SavedCheckpoint.check`): a refused load changes nothing.
+    ``callbacks``: the callbacks of the run being resumed; ``None`` (the default) leaves them out,
+    e.g. to load weights only. ``restore_rng=False`` leaves every random generator alone (for
+    inference); ``True`` restores the global ones, and ``train_loader``'s when it is given.
+    """
+    saved = read_checkpoint(path)
+    saved.restore(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        train_loader=train_loader,
+        callbacks=callbacks,
+        restore_rng=restore_rng,
+    )
+    return saved.epoch, saved.history

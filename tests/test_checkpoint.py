@@ -1,0 +1,300 @@
+import os
+import random
+import re
+import stat
+
+import numpy as np
+import pytest
+import torch
+from test_train import assert_same_params, make_model, params, setup
+from torch import nn
+
+import companion.checkpoint as ckpt
+from companion.callbacks import Checkpoint, EarlyStopping
+from companion.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    plain_state_dict,
+    read_checkpoint,
+    save_checkpoint,
+)
+from companion.optim import FromScratch, adamw_step, sgd_step
+from companion.train import fit
+
+
+def saved_run(tmp_path, **kwargs):
+    """A checkpoint of epoch 3 after some AdamW steps (so the optimizer has state), and what wrote it."""
+    model, train, _, loss_fn, opt, sched = setup()
+    for x, y in train:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        sched.step()
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=model, optimizer=opt, scheduler=sched, epoch=3, train_loader=train, **kwargs
+    )
+    return path, model, train, opt, sched
+
+
+def draws():
+    return random.random(), float(np.random.rand()), torch.rand(3)
+
+
+# --- writing -----------------------------------------------------------------------------------------
+
+
+def test_checkpoint_holds_every_generator_and_loads_with_weights_only(tmp_path):
+    path, *_ = saved_run(tmp_path)
+    state = torch.load(path, weights_only=True)
+    assert set(state["rng"]) == {"torch", "cuda", "python", "numpy", "loader"}
+    assert len(state["rng"]["loader"]) == 1 and state["epoch"] == 3
+    assert state["optimizer_class"] == "AdamW" and state["scheduler_class"] == "OneCycleLR"
+
+
+def test_checkpoint_is_written_atomically_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
+    model, train, _, _, opt, _ = setup()
+    path = tmp_path / "c.pt"
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(
+        ckpt.os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst))
+    )
+    save_checkpoint(path, model=model, optimizer=opt, epoch=1)
+    ((src, dst),) = replaced
+    assert os.path.dirname(src) == str(tmp_path) and dst == path, "the temporary file is in the same folder"
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # interrupted while writing
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model=model, optimizer=opt, epoch=2)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.pt"], "no temporary file is left behind"
+
+
+def test_a_stale_temporary_file_of_a_killed_save_is_removed_by_the_next_save(tmp_path):
+    model = make_model()
+    stale = tmp_path / ".c.pt.4242.0123456789abcdef.tmp"  # what a SIGKILL during torch.save leaves
+    stale.write_bytes(b"x" * 1000)
+    other = tmp_path / ".d.pt.4242.0123456789abcdef.tmp"  # another checkpoint's: not ours to remove
+    other.write_bytes(b"x")
+    save_checkpoint(tmp_path / "c.pt", model=model)
+    assert sorted(os.listdir(tmp_path)) == [".d.pt.4242.0123456789abcdef.tmp", "c.pt"]
+
+
+def test_the_folder_is_flushed_to_disk_after_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        ckpt.os,
+        "fsync",
+        lambda fd: (events.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"), real_fsync(fd)),
+    )
+    monkeypatch.setattr(ckpt.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b)))
+    save_checkpoint(tmp_path / "c.pt", model=make_model())
+    assert events == ["file", "rename", "dir"]
+
+
+def test_a_directory_is_refused_as_a_checkpoint_file(tmp_path):
+    with pytest.raises(ValueError, match=r"is a directory, but a checkpoint is one file"):
+        save_checkpoint(tmp_path, model=make_model())
+    with pytest.raises(ValueError, match=r"is a directory"):
+        load_checkpoint(tmp_path, model=make_model())
+
+
+# --- reading files that are not checkpoints ------------------------------------------------------------
+
+
+def test_load_checkpoint_of_a_missing_file_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*Checkpoint\(path\)"):
+        load_checkpoint(tmp_path / "nope.pt", model=make_model())
+
+
+def test_a_truncated_checkpoint_is_refused_naming_the_file(tmp_path):
+    path, *_ = saved_run(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    model = make_model()
+    before = params(model)
+    with pytest.raises(
+        CheckpointError, match=rf"{re.escape(str(path))} cannot be read as a checkpoint.*truncated"
+    ):
+        load_checkpoint(path, model=model)
+    assert_same_params(params(model), before)
+
+
+def test_a_text_file_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("epoch 3 went well\n")
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))} cannot be read as a checkpoint"):
+        load_checkpoint(path, model=make_model())
+
+
+def test_a_plain_state_dict_is_refused_as_another_format(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(make_model().state_dict(), path)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))} is not a checkpoint of format"):
+        read_checkpoint(path)
+
+
+# --- refused loads change nothing ------------------------------------------------------------------
+
+
+def test_a_model_with_another_last_layer_is_refused_before_any_weight_changes(tmp_path):
+    path, *_ = saved_run(tmp_path)
+    other = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 4))
+    before = params(other)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{re.escape(str(path))}: the model differs.*3.weight: saved \(3, 16\), model \(4, 16\)",
+    ):
+        load_checkpoint(path, model=other)
+    assert_same_params(params(other), before), "the first layer, which fits, was not loaded either"
+
+
+def test_a_model_with_other_layers_names_the_missing_and_unexpected_weights(tmp_path):
+    path, *_ = saved_run(tmp_path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint lacks: 1.weight, 1.bias; the checkpoint has weights the model lacks: 0.weight",
+    ):
+        load_checkpoint(path, model=nn.Sequential(nn.Identity(), nn.Linear(5, 16)))
+
+
+def test_an_optimizer_with_two_parameter_groups_is_refused_before_the_weights_load(tmp_path):
+    path, *_ = saved_run(tmp_path)
+    model = make_model()
+    opt = torch.optim.AdamW([{"params": model[0].parameters()}, {"params": model[3].parameters()}])
+    before, opt_before = params(model), opt.state_dict()
+    with pytest.raises(
+        CheckpointError, match=r"parameter groups differ: saved 1 group\(s\) of \[4\].*given 2 group"
+    ):
+        load_checkpoint(path, model=model, optimizer=opt)
+    assert_same_params(params(model), before)
+    assert opt.state_dict() == opt_before
+
+
+def test_an_adamw_checkpoint_is_refused_by_sgd_with_momentum(tmp_path):
+    path, *_ = saved_run(tmp_path)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = params(model)
+    with pytest.raises(CheckpointError, match=r"a AdamW optimizer, not of a SGD"):
+        load_checkpoint(path, model=model, optimizer=opt)
+    assert_same_params(params(model), before)
+    assert opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_another_scheduler_class_is_refused(tmp_path):
+    path, *_ = saved_run(tmp_path)
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(CheckpointError, match=r"OneCycleLR scheduler, not of a StepLR"):
+        load_checkpoint(path, model=model, optimizer=opt, scheduler=torch.optim.lr_scheduler.StepLR(opt, 1))
+
+
+def test_resuming_with_other_callbacks_or_another_loader_says_what_to_pass(tmp_path):
+    model, train, _, _, opt, _ = setup()
+    stopper = EarlyStopping()
+    stopper.wait = 2
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=model, optimizer=opt, epoch=2, train_loader=train, callbacks=[stopper]
+    )
+    with pytest.raises(
+        CheckpointError, match=r"callbacks \['EarlyStopping'\] but .* given are \[\]: resume with the same"
+    ):
+        load_checkpoint(path, model=make_model(), callbacks=[], train_loader=train)
+
+    unseeded = torch.utils.data.DataLoader(train.dataset, batch_size=8, shuffle=True)
+    other, other_stopper = make_model(), EarlyStopping()
+    before = params(other)
+    with pytest.raises(CheckpointError, match=r"1 DataLoader generator state\(s\) but train_loader has 0"):
+        load_checkpoint(path, model=other, train_loader=unseeded, callbacks=[other_stopper])
+    assert_same_params(params(other), before)
+    assert other_stopper.wait == 0
+    fresh = make_model()
+    epoch, history = load_checkpoint(path, model=fresh, restore_rng=False)  # weights only
+    assert epoch == 2 and len(history) == 0
+    assert_same_params(params(fresh), params(model))
+
+
+# --- what a load restores ---------------------------------------------------------------------------
+
+
+def test_a_load_restores_python_numpy_and_torch_generators_to_where_the_save_left_them(tmp_path):
+    path, model, train, opt, sched = saved_run(tmp_path)
+    after_save = draws()
+    draws(), draws()  # the run goes on drawing
+    load_checkpoint(path, model=model, optimizer=opt, scheduler=sched, train_loader=train)
+    again = draws()
+    assert again[:2] == after_save[:2], "Python's and NumPy's random state restored"
+    assert torch.equal(again[2], after_save[2])
+
+
+def test_restore_rng_false_leaves_every_generator_alone(tmp_path):
+    path, model, train, opt, sched = saved_run(tmp_path)
+    after_save = draws()
+    states = random.getstate(), np.random.get_state(legacy=False), torch.get_rng_state()
+    loader_state = train.generator.get_state()
+    load_checkpoint(path, model=model, optimizer=opt, scheduler=sched, train_loader=train, restore_rng=False)
+    assert random.getstate() == states[0]
+    assert np.array_equal(np.random.get_state(legacy=False)["state"]["key"], states[1]["state"]["key"])
+    assert torch.equal(torch.get_rng_state(), states[2]) and torch.equal(
+        train.generator.get_state(), loader_state
+    )
+    assert draws()[0] != after_save[0]
+
+
+def test_a_load_restores_the_optimizer_and_scheduler_state(tmp_path):
+    path, model, train, opt, sched = saved_run(tmp_path)
+    fresh = make_model()
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.05)
+    fresh_sched = torch.optim.lr_scheduler.OneCycleLR(fresh_opt, max_lr=0.05, total_steps=24)
+    epoch, _ = load_checkpoint(
+        path, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched, train_loader=train
+    )
+    assert epoch == 3 and fresh_sched.last_epoch == sched.last_epoch == 4
+    for p, q in zip(fresh.parameters(), model.parameters()):
+        assert torch.equal(fresh_opt.state[p]["exp_avg"], opt.state[q]["exp_avg"])
+
+
+def test_weights_are_stored_under_their_plain_names_for_compiled_models(tmp_path):
+    model = make_model()
+    compiled = torch.compile(model, backend="eager")
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    assert list(plain_state_dict(compiled)) == list(model.state_dict())
+    path = save_checkpoint(tmp_path / "c.pt", model=compiled)
+    again = torch.compile(make_model(), backend="eager")
+    load_checkpoint(path, model=again, restore_rng=False)
+    assert_same_params(params(again), params(model))
+
+
+def test_a_from_scratch_optimizer_resumes_and_another_update_rule_is_refused_before_anything_loads(tmp_path):
+    model, train, _, loss_fn, _, _ = setup()
+    opt = FromScratch(model.parameters(), adamw_step, lr=0.01)
+    fit(model, train, loss_fn, opt, 2, callbacks=[Checkpoint(tmp_path / "c.pt")], progress=False)
+    again = make_model()
+    again_opt = FromScratch(again.parameters(), adamw_step, lr=0.01)
+    load_checkpoint(tmp_path / "c.pt", model=again, optimizer=again_opt, train_loader=train)
+    assert_same_params(params(again), params(model))
+    other = make_model()
+    before = params(other)
+    with pytest.raises(CheckpointError, match=r"settings this FromScratch does not: .*betas"):
+        load_checkpoint(
+            tmp_path / "c.pt", model=other, optimizer=FromScratch(other.parameters(), sgd_step, lr=0.1)
+        )
+    assert_same_params(params(other), before)
+
+
+def test_a_grad_scalers_state_is_saved_and_restored(tmp_path):
+    model = make_model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    path = save_checkpoint(tmp_path / "c.pt", model=model, scaler=scaler)
+    again = torch.amp.GradScaler("cpu")
+    load_checkpoint(path, model=make_model(), scaler=again, restore_rng=False)
+    assert again.get_scale() == 1024.0
+    with pytest.raises(CheckpointError, match="it holds no scaler state: pass scaler=None"):
+        load_checkpoint(save_checkpoint(tmp_path / "d.pt", model=model), model=model, scaler=again)
