@@ -28,7 +28,7 @@ PORTABLE := avx2:1 avx2:2 default:1 default:2 native:1
 test-portable: $(STAMP)  ## every chapter under strict nbval with other CPU kernels and thread counts
 	@for run in $(PORTABLE); do \
 	  cap=$${run%%:*}; threads=$${run##*:}; \
-	  echo "== test-portable: ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads"; \
+	  echo "== test-portable: kernels $$cap, OMP_NUM_THREADS=$$threads"; \
 	  if [ $$cap = native ]; then unset ATEN_CPU_CAPABILITY; else export ATEN_CPU_CAPABILITY=$$cap; fi; \
 	  OMP_NUM_THREADS=$$threads $(BIN)/python -m pytest book -q || exit 1; \
 	done; echo "test-portable: every chapter passed strict nbval under $(PORTABLE)"
