@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from test_train import (
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from training_setup import (
     CutPowerAt,
     PowerCut,
     StopAfter,
@@ -15,8 +17,6 @@ from test_train import (
     setup,
     sgd,
 )
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import companion
 from companion.callbacks import (

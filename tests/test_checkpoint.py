@@ -6,8 +6,8 @@ import stat
 import numpy as np
 import pytest
 import torch
-from test_train import assert_same_params, make_model, params, setup
 from torch import nn
+from training_setup import assert_same_params, make_model, params, setup
 
 import companion.checkpoint as ckpt
 from companion.callbacks import Checkpoint, EarlyStopping

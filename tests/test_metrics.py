@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from test_train import classification_data, make_model, sgd
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from training_setup import classification_data, make_model, sgd
 
 import companion
 from companion.metrics import EpochMeter, accuracy, is_classification
