@@ -9,6 +9,7 @@ chapter starts with, and the loop, are importable from the top level.
 
 from companion.device import default_device
 from companion.history import History
+from companion.lr_finder import lr_find as lr_find  # chapter 8: the learning-rate range test
 from companion.seeding import seed_everything
 from companion.train import evaluate, fit
 

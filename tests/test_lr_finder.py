@@ -1,0 +1,183 @@
+"""companion.lr_finder: the learning-rate range test leaves no trace and suggests a rate that trains."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import companion
+from companion.datasets import make_linear_regression
+from companion.linear import hessian
+from companion.lr_finder import LRFindResult, lr_find, smooth_losses, zero_lag_smooth
+
+
+def small_classifier() -> nn.Sequential:
+    # batch norm has buffers (running statistics) that a forward pass in train mode changes
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+
+
+def classification_loader(seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(256, 8, generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 1).long()
+    return DataLoader(
+        TensorDataset(X, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def least_squares(batch_size: int) -> tuple[nn.Linear, DataLoader, float]:
+    """A linear regression whose best constant gradient-descent rate is known: 2 / (lambda_min + lambda_max)."""
+    X, y, _ = make_linear_regression(n=512, d=10, noise=0.1, seed=0)
+    eigenvalues = torch.linalg.eigvalsh(hessian(X))
+    best = 2 / (eigenvalues[0] + eigenvalues[-1]).item()
+    torch.manual_seed(0)
+    loader = DataLoader(
+        TensorDataset(X, y), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    return nn.Linear(10, 1), loader, best
+
+
+def test_model_optimizer_and_mode_come_back_bit_identical():
+    torch.manual_seed(0)
+    model, loader = small_classifier(), classification_loader()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    companion.fit(model, loader, nn.CrossEntropyLoss(), optimizer, 1, progress=False)  # Adam has state now
+    model.eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    state = optimizer.state_dict()
+    saved_state = {i: {k: v.clone() for k, v in s.items()} for i, s in state["state"].items()}
+    saved_groups = [dict(g) for g in state["param_groups"]]
+
+    result = lr_find(model, loader, nn.CrossEntropyLoss(), optimizer, num_iter=50)
+
+    assert len(result.lrs) > 10  # it trained, so there was something to restore
+    assert not model.training
+    after = model.state_dict()
+    assert after.keys() == weights.keys()
+    assert all(torch.equal(after[k], weights[k]) for k in weights)
+    now = optimizer.state_dict()
+    assert now["param_groups"] == saved_groups
+    assert now["state"].keys() == saved_state.keys()
+    for i, s in saved_state.items():
+        assert all(torch.equal(now["state"][i][k], v) for k, v in s.items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_fit_after_lr_find_is_the_fit_without_it():
+    def train(with_lr_find: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1)
+        model, loader = small_classifier(), classification_loader(seed=1)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        if with_lr_find:
+            lr_find(model, loader, nn.CrossEntropyLoss(), optimizer, num_iter=30)
+        companion.fit(model, loader, nn.CrossEntropyLoss(), optimizer, 2, progress=False)
+        return model.state_dict()
+
+    plain, after = train(False), train(True)
+    assert all(torch.equal(plain[k], after[k]) for k in plain)
+
+
+@pytest.mark.parametrize("batch_size", [512, 128])
+def test_suggestion_is_within_a_factor_of_3_of_the_best_rate_of_least_squares(batch_size):
+    model, loader, best = least_squares(batch_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = lr_find(model, loader, nn.MSELoss(), optimizer, start_lr=1e-4, end_lr=10.0)
+    assert best / 3 <= result.suggestion <= 3 * best, (result.suggestion, best)
+    assert result.suggestion == result.lowest_lr / 2
+
+
+def test_the_test_stops_where_the_loss_diverges_and_returns_the_curve():
+    model, loader, best = least_squares(512)
+    result = lr_find(model, loader, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), start_lr=1e-4)
+    assert isinstance(result, LRFindResult)
+    assert len(result.lrs) == len(result.losses) == len(result.smoothed) < 100
+    assert "exceeded 4 times its lowest" in result.stopped
+    assert result.lrs[-1] > 2 * best  # it went past the largest stable rate, 2 / lambda_max, before stopping
+    ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))  # the rate grows exponentially
+    assert result.lrs[0] == pytest.approx(1e-4)
+
+
+def test_plot_marks_the_lowest_point_and_the_suggestion():
+    model, loader, _ = least_squares(512)
+    result = lr_find(model, loader, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), start_lr=1e-4)
+    fig = result.plot()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"suggestion: {result.suggestion:.1e}" in labels and f"lowest: {result.lowest_lr:.1e}" in labels
+
+
+def test_smoothing_keeps_a_constant_and_zero_lag_keeps_the_minimum_in_place():
+    assert smooth_losses([2.0] * 5, 0.9) == pytest.approx([2.0] * 5)  # corrected for the start at zero
+    v = [abs(i - 30) + 1.0 for i in range(61)]  # a symmetric valley, lowest at 30
+    lagging = smooth_losses(v, 0.8)
+    assert lagging.index(min(lagging)) > 30  # the one-way average is late
+    both = zero_lag_smooth(v, 0.8)
+    assert both.index(min(both)) == 30
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"start_lr": 0.0}, ValueError, "start_lr must be a positive learning rate"),
+        ({"end_lr": math.inf}, ValueError, "end_lr must be a positive learning rate"),
+        ({"start_lr": 1.0, "end_lr": 0.1}, ValueError, "end_lr must be larger than start_lr"),
+        ({"num_iter": 2}, ValueError, "num_iter must be an int of at least 5"),
+        ({"num_iter": 50.0}, ValueError, "num_iter must be an int"),
+        ({"beta": 1.0}, ValueError, r"beta must be in \[0, 1\)"),
+        ({"diverge": 1.0}, ValueError, "diverge must be a number > 1"),
+    ],
+)
+def test_bad_rates_are_refused_with_what_to_pass(kwargs, error, message):
+    model, loader = small_classifier(), classification_loader()
+    with pytest.raises(error, match=message):
+        lr_find(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
+
+
+def test_bad_objects_are_refused_with_what_to_pass():
+    model, loader = small_classifier(), classification_loader()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        lr_find(lambda x: x, loader, nn.CrossEntropyLoss(), sgd)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        lr_find(model, loader, nn.CrossEntropyLoss(), "adam")
+    other = torch.optim.SGD(small_classifier().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="holds none of the model's parameters"):
+        lr_find(model, loader, nn.CrossEntropyLoss(), other)
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        lr_find(model, loader, "cross-entropy", sgd)
+    with pytest.raises(TypeError, match="loader must be an iterable"):
+        lr_find(model, 3, nn.CrossEntropyLoss(), sgd)
+    with pytest.raises(TypeError, match=r"each batch of loader must be a pair \(inputs, targets\)"):
+        lr_find(model, [torch.zeros(4, 8)] * 10, nn.CrossEntropyLoss(), sgd)
+    empty = DataLoader(TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)))
+    with pytest.raises(ValueError, match="loader yielded no batches"):
+        lr_find(model, empty, nn.CrossEntropyLoss(), sgd)
+
+
+def test_a_range_that_misses_the_breakdown_says_which_end_to_move():
+    model, loader, _ = least_squares(512)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="still falling at end_lr=0.01.*larger end_lr"):
+        lr_find(model, loader, nn.MSELoss(), sgd, start_lr=1e-4, end_lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="(lowest at the first rate|too few to suggest).*start_lr"):
+        lr_find(model, loader, nn.MSELoss(), sgd, start_lr=3.0, end_lr=100.0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # restored even then
+
+
+def test_targets_that_do_not_fit_the_output_are_refused_before_training():
+    model, loader, _ = least_squares(512)
+    X, y = loader.dataset.tensors
+    flat = DataLoader(TensorDataset(X, y.squeeze(1)), batch_size=64)  # (n,) targets for (n, 1) outputs
+    with pytest.raises(ValueError, match="differ"):
+        lr_find(model, flat, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1))
