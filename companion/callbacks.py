@@ -22,6 +22,10 @@ callbacks that override it, so the others cost nothing per batch. Callbacks run 
 except that :class:`Checkpoint` callbacks run after all others (as in Lightning), so that they save the
 state every other callback reached at that epoch. A callback with state to save in checkpoints has
 ``state_dict()`` and ``load_state_dict(state)``.
+
+Under DDP (chapter 10) every rank runs every callback, on the same history (``fit`` gives every rank
+rank 0's row), and ``fit`` makes a stop asked for on any rank the decision of all, before the
+checkpoints run. :class:`CSVLogger` and :class:`Checkpoint` write on rank 0 only.
 """
 
 from __future__ import annotations
@@ -37,7 +41,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from companion.checkpoint import check_file_path, load_plain_state_dict, plain_state_dict, save_checkpoint
+from companion.checkpoint import (
+    check_file_path,
+    load_plain_state_dict,
+    plain_state_dict,
+    rng_state,
+    save_checkpoint,
+)
+from companion.distributed import barrier, gather_objects, is_distributed, is_main_process
 from companion.history import History, check_mode
 
 __all__ = [
@@ -269,6 +280,9 @@ class Checkpoint(Callback):
 
     The names are Lightning's ``ModelCheckpoint``'s. Use two instances to keep both the last and the
     best epoch. Checkpoints run after the other callbacks, whatever their place in the list.
+
+    Under DDP every rank sends its random generators' state to rank 0, which writes the file; then all
+    wait (a barrier) until it is written, so no rank goes on, or ends, before the checkpoint exists.
     """
 
     def __init__(
@@ -304,7 +318,10 @@ class Checkpoint(Callback):
         return math.isfinite(value) and state.history.best(self.monitor, self.mode)["epoch"] == state.epoch
 
     def on_train_epoch_end(self, state: FitState) -> None:
-        if self.due(state):
+        if not self.due(state):
+            return
+        rank_rng = gather_objects(rng_state(state.train_loader)) if is_distributed() else None
+        if is_main_process():
             save_checkpoint(
                 self.path,
                 model=state.model,
@@ -317,7 +334,9 @@ class Checkpoint(Callback):
                 train_loader=state.train_loader,
                 callbacks=state.callbacks,
                 stopped=state.should_stop,
+                rank_rng=rank_rng,
             )
+        barrier()
 
     def __repr__(self) -> str:
         if self.monitor is not None:
@@ -329,13 +348,15 @@ class CSVLogger(Callback):
     """Write the history to the CSV file ``path`` after every epoch: a header, then one row per epoch.
 
     The whole file is rewritten each time, so a resumed run's file holds the epochs before the
-    checkpoint too. A metric missing from an epoch is an empty cell.
+    checkpoint too. A metric missing from an epoch is an empty cell. Under DDP, rank 0 writes it.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = _file_argument(path, "CSVLogger(path)")
 
     def on_train_epoch_end(self, state: FitState) -> None:
+        if not is_main_process():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["epoch", *state.history.metrics], restval="")

@@ -26,8 +26,13 @@ random streams inside the workers of a ``DataLoader`` with ``persistent_workers=
 their seed once, in the loader's first epoch. A resume with such a loader (in the saved run or now)
 would shuffle and augment differently from the uninterrupted run, so it is refused.
 
-A model compiled with ``torch.compile`` names its weights ``_orig_mod.<name>``; checkpoints store
-the plain names, so a compiled run's checkpoint loads into the plain model and back.
+A model compiled with ``torch.compile`` names its weights ``_orig_mod.<name>``, and one wrapped in
+``DistributedDataParallel`` ``module.<name>``; checkpoints store the plain names, so a compiled or
+distributed run's checkpoint loads into the plain model and back.
+
+Under DDP (chapter 10) the :class:`~companion.callbacks.Checkpoint` callback gathers every rank's
+random generators and rank 0 writes the file; ``world_size`` and ``rank_rng`` record them, and a
+resume restores each rank's own generators, so it must run on as many ranks as the run that saved it.
 
 This module knows nothing of the training loop: :mod:`companion.callbacks` and :mod:`companion.train`
 call it.
@@ -48,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from companion.distributed import rank, unwrap, world_size
 from companion.history import History
 
 __all__ = [
@@ -80,8 +86,9 @@ def _plain_key(key: str) -> str:
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` under the names of the uncompiled model (``_orig_mod.`` segments dropped)."""
-    return {_plain_key(k): v for k, v in model.state_dict().items()}
+    """``model.state_dict()`` under the names of the plain model: without the ``module.`` of a
+    ``DistributedDataParallel`` wrapper or the ``_orig_mod.`` segments of ``torch.compile``."""
+    return {_plain_key(k): v for k, v in unwrap(model).state_dict().items()}
 
 
 def _model_mismatch(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> str | None:
@@ -113,6 +120,7 @@ def load_plain_state_dict(model: nn.Module, saved: Mapping[str, torch.Tensor]) -
     problem = _model_mismatch(model, saved)
     if problem:
         raise CheckpointError(f"the weights do not fit this model: {problem}")
+    model = unwrap(model)
     model.load_state_dict({k: saved[_plain_key(k)] for k in model.state_dict()})
 
 
@@ -274,10 +282,13 @@ def save_checkpoint(
     train_loader: Iterable | None = None,
     callbacks: Sequence[Any] = (),
     stopped: bool = False,
+    rank_rng: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write everything a resumed :func:`companion.train.fit` needs to ``path``, atomically. Returns the path.
 
     ``stopped``: the run ended here because a callback asked (early stopping): resuming it trains no further.
+    ``rank_rng``: under DDP, every rank's :func:`rng_state`, in rank order (gathered by the caller);
+    the file then belongs to a run of ``len(rank_rng)`` ranks.
     """
     path = Path(path)
     check_file_path(path)
@@ -300,6 +311,8 @@ def save_checkpoint(
         "callbacks": [{"name": type(c).__qualname__, "state": c.state_dict()} for c in _stateful(callbacks)],
         "persistent_workers": _persistent_workers(train_loader),
         "rng": rng_state(train_loader),
+        "world_size": len(rank_rng) if rank_rng else 1,
+        "rank_rng": list(rank_rng) if rank_rng else None,
     }
     _atomic_save(state, path)
     return path
@@ -382,7 +395,15 @@ class SavedCheckpoint:
                     f"{given}: resume with the same callbacks as the run that saved it"
                 )
         if restore_rng:
-            problem = _rng_mismatch(s["rng"], train_loader)
+            saved_ranks, ranks = s.get("world_size", 1), world_size()
+            if saved_ranks != ranks:
+                raise self._refuse(
+                    f"it was saved by a run on {saved_ranks} process(es) and this one has {ranks}: each rank "
+                    "resumes its own random generators and its own shard of the data, so resume on as many "
+                    f"(torchrun --nproc_per_node={saved_ranks} in all), or load the weights alone "
+                    "(load_checkpoint(..., restore_rng=False)) and fit the remaining epochs"
+                )
+            problem = _rng_mismatch(_own_rng(s), train_loader)
             if problem:
                 raise self._refuse(problem)
             if train_loader is not None and (s["persistent_workers"] or _persistent_workers(train_loader)):
@@ -432,7 +453,12 @@ class SavedCheckpoint:
             for c, saved in zip(_stateful(callbacks), s["callbacks"]):
                 c.load_state_dict(copy.deepcopy(saved["state"]))
         if restore_rng:
-            set_rng_state(s["rng"], train_loader)
+            set_rng_state(_own_rng(s), train_loader)
+
+
+def _own_rng(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """This rank's generator states: from ``rank_rng`` for a checkpoint of a DDP run, else ``rng``."""
+    return state["rank_rng"][rank()] if state.get("rank_rng") else state["rng"]
 
 
 def _groups(shapes: list[list[list[int]]]) -> str:

@@ -22,11 +22,15 @@
 The epoch's loss is the mean over *samples* (see :mod:`companion.metrics`). The callbacks and their
 hooks are in :mod:`companion.callbacks`, checkpoint files in :mod:`companion.checkpoint`, the
 :class:`~companion.history.History` in :mod:`companion.history`; imports run one way,
-``train -> callbacks -> checkpoint -> history``.
+``train -> callbacks -> checkpoint -> history``, and each may use :mod:`companion.distributed`.
+
+Under ``torchrun`` (chapter 10), with the process group initialized, the same call trains with
+``DistributedDataParallel``: see :func:`fit`'s "Under DDP".
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -38,8 +42,21 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from companion.callbacks import FitState, check_callbacks, hook_callers, run_order
+from companion.callbacks import Checkpoint, FitState, check_callbacks, hook_callers, run_order
 from companion.checkpoint import SavedCheckpoint, read_checkpoint
+from companion.distributed import (
+    any_rank,
+    broadcast,
+    check_fit_setup,
+    distributed_sampler,
+    gather_meter,
+    is_distributed,
+    is_main_process,
+    repeats_in_last_batch,
+    set_epoch,
+    unwrap,
+    wrap,
+)
 from companion.history import History
 from companion.losses import check_same_shape, is_class_loss, loss_option
 from companion.metrics import EpochMeter, Metric
@@ -367,25 +384,40 @@ def evaluate(
     accuracy is :math:`\\sum_i [\\arg\\max_c \\hat y_{ic} = y_i] / N`, over the labels that are not the
     loss's ``ignore_index`` (see :mod:`companion.metrics`).
 
+    Under DDP (an initialized process group), a ``DistributedDataParallel`` model is measured through
+    its module, so a rank runs no collective per batch. A ``loader`` with a ``DistributedSampler`` gives
+    each rank a shard: call ``evaluate`` on every rank, and each gets the metrics of the whole split,
+    gathered from all ranks, with the samples the sampler repeated to even out the shards counted once
+    (:func:`companion.distributed.repeats_in_last_batch`). A loader without one is measured whole on
+    each rank.
+
     Returns:
         ``{"loss": L}``, plus ``"accuracy"`` when the output is ``(n, C)`` scores for integer labels
         ``(n,)``, plus one entry per user metric.
     """
-    _check_loader(loader, "loader")
+    steps = _check_loader(loader, "loader")
     _check_loss_fn(loss_fn)
     metrics = _check_metrics(metrics)
     device = _resolve_device(model, device)
     autocast = _autocast_dtype(precision, device)
+    net = unwrap(model)  # DDP's own forward would broadcast buffers: a collective per batch
+    sharded = is_distributed() and distributed_sampler(loader) is not None
+    repeats = repeats_in_last_batch(loader) if sharded and steps else 0
+    last = steps - 1 if repeats and steps else -1
     meter = EpochMeter(loss_fn, metrics)
-    was_training = model.training
-    model.eval()
+    was_training = net.training
+    net.eval()
     try:
         with torch.inference_mode():
-            for batch in loader:
+            for batch_idx, batch in enumerate(loader):
                 inputs, targets = _split(batch, "loader")
                 inputs, targets = _to(inputs, device), _to(targets, device)
+                if batch_idx == last:  # the sampler's repeat, at the end: measure each sample once
+                    inputs, targets = inputs[:-repeats], targets[:-repeats]
+                    if len(targets) == 0:
+                        continue
                 with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                    output = model(inputs)
+                    output = net(inputs)
                     if meter.classifying is None:
                         check_output_fits(output, targets, loss_fn)
                     loss = loss_fn(output, targets)
@@ -393,7 +425,9 @@ def evaluate(
                     _check_scalar(loss)
                 meter.update(loss, output, targets)
     finally:
-        model.train(was_training)
+        net.train(was_training)
+    if sharded:
+        meter = gather_meter(meter)
     if meter.count == 0:
         raise ValueError("loader yielded no samples: pass a loader over at least one sample")
     return meter.compute()
@@ -462,6 +496,27 @@ def fit(
             cannot promise that and is refused). A run that had finished, or that a callback stopped,
             trains no further. Build everything as for the first run, then resume.
 
+    Under DDP: launched by ``torchrun`` with the process group initialized (chapter 10), every rank
+    calls ``fit`` alike and it:
+
+    - checks on all ranks at once that ``train_loader`` has a ``DistributedSampler`` for this rank,
+      that every rank has as many batches, and that the backend suits the device (NCCL: CUDA only),
+      raising the same ``ValueError`` on every rank otherwise;
+    - wraps the model in ``DistributedDataParallel`` (or takes it already wrapped), which averages the
+      gradients over the ranks in ``backward()``; with ``accumulate_grad_batches=k`` the ``k - 1``
+      batches before each step run under ``no_sync()``, so one all-reduce serves the ``k`` batches;
+    - calls the sampler's ``set_epoch(epoch - 1)`` at every epoch (in one process too), so each epoch
+      is shuffled anew;
+    - gathers the epoch's training batches of all ranks into its ``train_`` metrics, and :func:`evaluate`
+      does the same for a ``val_loader`` with a ``DistributedSampler``: they are the whole dataset's.
+      A ``DistributedSampler`` repeats up to ``world_size - 1`` samples so that every rank has as many;
+      they are trained on but counted once in the metrics;
+    - gives every rank rank 0's history row, and stops every rank when a callback on any rank asks
+      (before the checkpoints run), so early stopping ends all ranks at the same epoch;
+    - shows progress on rank 0; :class:`~companion.callbacks.CSVLogger` and
+      :class:`~companion.callbacks.Checkpoint` write on rank 0 (a checkpoint holds every rank's random
+      generators). ``resume_from`` is read and restored on every rank.
+
     Returns:
         The :class:`History`, all epochs (those before the checkpoint included). The model is left
         in eval mode, ready to predict.
@@ -487,6 +542,9 @@ def fit(
     target = _target_device(model, device)
     autocast = _autocast_dtype(precision, target)
     scaler = torch.amp.GradScaler(target.type) if autocast == torch.float16 else None
+    distributed = is_distributed()
+    if distributed:  # a collective: every rank gets here, or learns at once why another did not
+        check_fit_setup(train_loader, steps, "train_loader", target)
 
     saved: SavedCheckpoint | None = None
     if resume_from is not None:
@@ -515,12 +573,19 @@ def fit(
     if saved is not None:
         saved.restore(**resume)
         state.global_step, state.should_stop = saved.global_step, saved.stopped
+    net = wrap(model, device) if distributed else model  # what the batches go through
+    no_sync = net.no_sync if distributed and k > 1 else None
+    bare = unwrap(model)  # what validation measures: no collective per batch
+    repeats = repeats_in_last_batch(train_loader) if distributed else 0
+    last = steps - 1 if repeats and steps else -1  # the batch that ends with a sampler's repeat
 
     epoch_start = hook_callers(callbacks, "on_train_epoch_start")
     before_step = hook_callers(callbacks, "on_before_optimizer_step")
     batch_end = hook_callers(callbacks, "on_train_batch_end")
     validation_end = hook_callers(callbacks, "on_validation_epoch_end")
-    epoch_end = hook_callers(callbacks, "on_train_epoch_end")
+    # the checkpoints (run last) save only once every rank knows whether training stops here
+    epoch_end = hook_callers([c for c in callbacks if not isinstance(c, Checkpoint)], "on_train_epoch_end")
+    saving = hook_callers([c for c in callbacks if isinstance(c, Checkpoint)], "on_train_epoch_end")
     check_each_step = _checks_each_step(device)
     move = device != torch.device("cpu")  # a batch on the CPU needs no .to() when training there
     divide = k > 1 and loss_option(loss_fn, "reduction", "mean") != "sum"
@@ -535,7 +600,7 @@ def fit(
             file=sys.stderr,
             dynamic_ncols=True,
         )
-        if progress
+        if progress and is_main_process()
         else None
     )
     try:
@@ -546,7 +611,8 @@ def fit(
             if bar is not None:
                 bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
             started = time.perf_counter()
-            model.train()
+            net.train()
+            set_epoch(train_loader, epoch - 1)  # a DistributedSampler shuffles each epoch anew
             for hook in epoch_start:
                 hook(state)
             meter = EpochMeter(loss_fn, metrics)
@@ -555,47 +621,52 @@ def fit(
                 inputs, targets = _split(batch, "train_loader")
                 if move:
                     inputs, targets = _to(inputs, device), _to(targets, device)
-                if autocast is None:
-                    output = model(inputs)
-                    if not checked:
-                        check_output_fits(output, targets, loss_fn)
-                    loss = loss_fn(output, targets)
-                else:
-                    with torch.autocast(device.type, dtype=autocast):
-                        output = model(inputs)
+                step_now = k == 1 or (batch_idx + 1) % k == 0 or batch_idx + 1 == steps
+                # under DDP, a batch before the group's last accumulates without an all-reduce; the
+                # forward pass belongs inside no_sync() too, since DDP prepares the all-reduce there
+                with _NO_CONTEXT if step_now or no_sync is None else no_sync():
+                    if autocast is None:
+                        output = net(inputs)
                         if not checked:
                             check_output_fits(output, targets, loss_fn)
                         loss = loss_fn(output, targets)
-                if not checked:
-                    _check_scalar(loss)
-                    checked = True
-                if check_each_step:
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise NonFiniteLossError(value, epoch, batch_idx + 1, steps)
-                else:
-                    value = loss.detach()
-                if k == 1:
-                    optimizer.zero_grad(set_to_none=True)
-                    step_now = True
-                    scaled = loss
-                else:
-                    if not pending:
+                    else:
+                        with torch.autocast(device.type, dtype=autocast):
+                            output = net(inputs)
+                            if not checked:
+                                check_output_fits(output, targets, loss_fn)
+                            loss = loss_fn(output, targets)
+                    if not checked:
+                        _check_scalar(loss)
+                        checked = True
+                    if check_each_step:
+                        value = loss.item()
+                        if not math.isfinite(value):
+                            raise NonFiniteLossError(value, epoch, batch_idx + 1, steps)
+                    else:
+                        value = loss.detach()
+                    if k == 1:
                         optimizer.zero_grad(set_to_none=True)
-                    step_now = (batch_idx + 1) % k == 0 or batch_idx + 1 == steps
-                    # the batches of this group: k, or fewer in an epoch's last, shorter group
-                    group = k if steps is None or batch_idx // k < steps // k else steps % k
-                    scaled = loss / group if divide else loss
-                if scaler is None:
-                    scaled.backward()
-                else:
-                    scaler.scale(scaled).backward()
+                        scaled = loss
+                    else:
+                        if not pending:
+                            optimizer.zero_grad(set_to_none=True)
+                        # the batches of this group: k, or fewer in an epoch's last, shorter group
+                        group = k if steps is None or batch_idx // k < steps // k else steps % k
+                        scaled = loss / group if divide else loss
+                    if scaler is None:
+                        scaled.backward()
+                    else:
+                        scaler.scale(scaled).backward()
                 pending = not step_now
                 if step_now:
                     _optimizer_step(state, params, before_step, clip, scaler)
                     if interval == "step":
                         scheduler.step()
-                meter.update(value, output, targets)
+                if batch_idx == last:  # trained on, but the metrics count each sample once
+                    _update_without_repeats(meter, output, targets, loss_fn, repeats, check_each_step)
+                else:
+                    meter.update(value, output, targets)
                 for hook in batch_end:
                     hook(state, value, batch_idx)
                 if bar is not None:
@@ -614,14 +685,19 @@ def fit(
                 if bad is not None:
                     raise NonFiniteLossError(losses[bad], epoch, bad + 1, steps, checked_each_step=False)
             row: dict[str, float] = {"epoch": epoch}
-            row.update({f"train_{name}": v for name, v in meter.compute(losses).items()})
+            if distributed:  # every rank's batches: the metrics of the whole dataset
+                row.update({f"train_{name}": v for name, v in gather_meter(meter).compute().items()})
+            else:
+                row.update({f"train_{name}": v for name, v in meter.compute(losses).items()})
             if val_loader is not None:
                 measured = evaluate(
-                    model, val_loader, loss_fn, device=device, metrics=metrics, precision=precision
+                    bare, val_loader, loss_fn, device=device, metrics=metrics, precision=precision
                 )
                 row.update({f"val_{name}": v for name, v in measured.items()})
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["seconds"] = time.perf_counter() - started
+            if distributed:  # one history on every rank, so every callback decides alike
+                row = broadcast(row)
             state.history.append(row)
             if interval == "epoch":
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -636,6 +712,10 @@ def fit(
                     hook(state)
             for hook in epoch_end:  # every callback runs, also after one of them asked to stop
                 hook(state)
+            if distributed:  # a stop asked for on any rank stops them all, at this epoch
+                state.should_stop = any_rank(state.should_stop)
+            for hook in saving:
+                hook(state)
     finally:
         if bar is not None:
             bar.close()
@@ -643,6 +723,21 @@ def fit(
         hook(state)
     model.eval()
     return state.history
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _update_without_repeats(
+    meter: EpochMeter, output: Any, targets: Any, loss_fn: LossFn, repeats: int, as_float: bool
+) -> None:
+    """Record a batch whose last ``repeats`` samples a ``DistributedSampler`` repeated, without them."""
+    output, targets = output[:-repeats].detach(), targets[:-repeats]
+    if len(targets) == 0:
+        return
+    with torch.no_grad():
+        loss = loss_fn(output, targets)
+    meter.update(loss.item() if as_float else loss, output, targets)
 
 
 def _optimizer_step(

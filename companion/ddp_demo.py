@@ -1,0 +1,208 @@
+"""The digits trained with ``DistributedDataParallel``, one process per rank (chapter 10).
+
+Launch it on two processes of this machine::
+
+    torchrun --nproc_per_node=2 -m companion.ddp_demo --out runs/ddp
+
+``torchrun`` starts two copies of this module; each joins the process group (:func:`companion.distributed.setup`:
+gloo on CPUs, NCCL with one GPU per rank), builds the same model, trains on its own shard of every
+global batch with :func:`companion.fit`, and prints what it saw, one line at a time, each starting with
+``rank <r>:``. Rank 0 writes ``history.csv``, the checkpoint ``last.pt`` and ``weights.pt`` (the
+weights after every epoch, the history and the seconds ``fit`` took) to ``--out``. Run without
+``torchrun`` (``python -m companion.ddp_demo``), the same code trains in one process.
+
+The model is a small MLP with neither dropout nor batch normalization, so that the run is the same
+computation as one process's on the global batch: dropout draws its masks from each rank's own
+generator, and batch normalization normalizes each rank's local batch by its own statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from companion.callbacks import Callback, Checkpoint, CSVLogger
+from companion.checkpoint import plain_state_dict
+from companion.datasets import digits_splits
+from companion.distributed import (
+    GlobalOrderSampler,
+    gather_objects,
+    is_distributed,
+    is_main_process,
+    rank,
+    repeats_in_last_batch,
+    setup,
+    teardown,
+    world_size,
+)
+from companion.history import History
+from companion.seeding import seed_everything
+from companion.train import fit
+
+__all__ = ["Run", "digits_datasets", "main", "make_model", "train", "train_loader", "val_loader"]
+
+EPOCHS, GLOBAL_BATCH, LR, SEED = 8, 64, 0.05, 0
+
+
+def digits_datasets() -> tuple[TensorDataset, TensorDataset]:
+    """The digits' training and validation splits: 64 pixels per image, normalized by the training split."""
+    splits = digits_splits(seed=0)
+    pixels = splits["train"][0].float().flatten(1) / 255
+    mean, std = pixels.mean(), pixels.std()
+
+    def dataset(images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
+        return TensorDataset((images.float().flatten(1) / 255 - mean) / std, labels)
+
+    return dataset(*splits["train"]), dataset(*splits["val"])
+
+
+def make_model() -> nn.Module:
+    """64 pixels -> 128 -> 10 scores; no dropout, no batch norm (see the module's docstring)."""
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def train_loader(
+    dataset: TensorDataset, global_batch: int, seed: int, replicas: int | None = None
+) -> DataLoader:
+    """The training loader: ``global_batch`` samples per step, over all ranks together.
+
+    Under ``torchrun``: a ``DistributedSampler`` gives this rank its shard, in batches of
+    ``global_batch / world_size``. In one process, with ``replicas=W``: the same global batches as
+    ``W`` ranks would train on (:class:`~companion.distributed.GlobalOrderSampler`), whole.
+    """
+    if replicas is None and is_distributed():
+        if global_batch % world_size():
+            raise ValueError(
+                f"the global batch ({global_batch}) must split evenly over the {world_size()} ranks: "
+                "pass a multiple of the number of processes"
+            )
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)  # rank, world size: the group's
+        return DataLoader(dataset, batch_size=global_batch // world_size(), sampler=sampler)
+    sampler = GlobalOrderSampler(dataset, replicas or 1, seed=seed)
+    return DataLoader(dataset, batch_size=global_batch, sampler=sampler)
+
+
+def val_loader(dataset: TensorDataset) -> DataLoader:
+    """The validation loader: a shard per rank under ``torchrun`` (``evaluate`` gathers them), else whole."""
+    sampler = DistributedSampler(dataset, shuffle=False) if is_distributed() else None
+    return DataLoader(dataset, batch_size=256, sampler=sampler)
+
+
+class WeightsEachEpoch(Callback):
+    """Keeps a copy of the weights after every epoch."""
+
+    def __init__(self) -> None:
+        self.weights: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, state) -> None:
+        self.weights.append({k: v.detach().cpu().clone() for k, v in plain_state_dict(state.model).items()})
+
+
+@dataclass
+class Run:
+    """What :func:`train` returns: the model, its history, the weights after each epoch, fit's seconds."""
+
+    model: nn.Module
+    history: History
+    weights: list[dict[str, torch.Tensor]]
+    seconds: float
+
+
+def train(
+    epochs: int = EPOCHS,
+    global_batch: int = GLOBAL_BATCH,
+    lr: float = LR,
+    seed: int = SEED,
+    *,
+    replicas: int | None = None,
+    out: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> Run:
+    """Train :func:`make_model` on the digits with SGD (momentum 0.9) and :func:`companion.fit`.
+
+    Every rank (or the one process) starts from the weights ``seed`` draws. ``out``: a folder where
+    rank 0 writes ``history.csv`` and the checkpoint ``last.pt``.
+    """
+    train_set, val_set = digits_datasets()
+    seed_everything(seed)
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    snapshots = WeightsEachEpoch()
+    callbacks: list[Callback] = [snapshots]
+    if out is not None:
+        callbacks += [CSVLogger(Path(out) / "history.csv"), Checkpoint(Path(out) / "last.pt")]
+    loader = train_loader(train_set, global_batch, seed, replicas)
+    started = time.perf_counter()
+    history = fit(
+        model,
+        loader,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        epochs,
+        val_loader=val_loader(val_set),
+        device=device,
+        callbacks=callbacks,
+        progress=False,
+    )
+    return Run(model, history, snapshots.weights, time.perf_counter() - started)
+
+
+def _say(text: str) -> None:
+    # one write of the whole line, flushed: the ranks share torchrun's stdout, and a line written in
+    # one piece (under 4096 bytes) never mixes with another rank's, even when Python is unbuffered
+    sys.stdout.write(f"rank {rank()}: {text}\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--global-batch", type=int, default=GLOBAL_BATCH)
+    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--backend", default=None, help="gloo (CPUs) or nccl (GPUs); default: nccl if CUDA")
+    parser.add_argument("--out", type=Path, default=None, help="folder for rank 0's files")
+    args = parser.parse_args(argv)
+
+    device = setup(args.backend)
+    train_set, _ = digits_datasets()
+    loader = train_loader(train_set, args.global_batch, args.seed)
+    shard, repeated = len(loader.sampler), repeats_in_last_batch(loader)
+    backend = torch.distributed.get_backend() if is_distributed() else "no process group"
+    _say(f"one of {world_size()} processes ({backend}, {device.type})")
+    _say(
+        f"{shard} of the {len(train_set)} training images ({repeated} repeated), "
+        f"{len(loader)} batches of {loader.batch_size} per epoch"
+    )
+    run = train(args.epochs, args.global_batch, args.lr, args.seed, out=args.out, device=device)
+    last = run.history.rows[-1]
+    _say(f"trained {len(run.history)} epochs; val accuracy >= 0.9: {last['val_accuracy'] >= 0.9}")
+    mine = [run.history.rows, [w for weights in run.weights for w in weights.values()]]
+    everyone = gather_objects(mine) or [mine]
+    same_history = all(other[0] == mine[0] for other in everyone)
+    same_weights = all(all(torch.equal(a, b) for a, b in zip(other[1], mine[1])) for other in everyone)
+    _say(f"the same history as every rank: {same_history}; the same weights: {same_weights}")
+    if is_main_process() and args.out is not None:
+        torch.save(
+            {
+                "weights": run.weights,
+                "history": run.history.rows,
+                "seconds": run.seconds,
+                "world_size": world_size(),
+            },
+            args.out / "weights.pt",
+        )
+        _say(f"wrote history.csv, last.pt and weights.pt to {args.out.name}/")
+    teardown()
+
+
+if __name__ == "__main__":
+    main()
