@@ -267,6 +267,44 @@ def ratio(times: dict[str, list[float]], name: str) -> float:
     return statistics.median(t / h for t, h in zip(times[name], times["hand"]))
 
 
+def run(repeats: int = 21, epochs: int | None = None) -> dict:
+    """Measure every case (with Lightning when it is installed); return the figures that main() prints."""
+    lightning = import_lightning()
+    runners: dict[str, Runner] = {"fit": run_fit, "hand": run_hand}
+    if lightning is not None:
+        runners["lightning"] = lambda c, d, e: run_lightning(c, d, e, lightning)
+    results = {}
+    for case in CASES:
+        case_epochs = epochs or case.epochs
+        times = measure(case, data(case.flat), runners, repeats, case_epochs)
+        results[case.name] = {
+            "batch_size": case.batch_size,
+            "epochs": case_epochs,
+            "median_seconds": {name: round(statistics.median(t), 4) for name, t in times.items()},
+            "ratio_fit_over_hand": round(ratio(times, "fit"), 4),
+            "ratio_lightning_over_hand": round(ratio(times, "lightning"), 4) if lightning else None,
+        }
+    return {
+        "benchmark": "fit_overhead",
+        "cases": results,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__ if lightning else None,
+    }
+
+
+def rows(figures: dict) -> list[tuple[str, float, str, bool | None]]:
+    """``(measurement, ratio, goal, met)`` rows for `benchmarks/run.py`'s table: time over the hand loop's."""
+    out: list[tuple[str, float, str, bool | None]] = []
+    for name, r in figures["cases"].items():
+        fit = r["ratio_fit_over_hand"]
+        out.append((f"{name}: companion.fit / hand loop (time)", fit, f"<= {GOAL}", fit <= GOAL))
+        if r["ratio_lightning_over_hand"] is not None:
+            out.append((f"{name}: Lightning / hand loop (time)", r["ratio_lightning_over_hand"], "", None))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=21, help="interleaved rounds per case (default: 21)")
@@ -280,28 +318,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)  # one process: the same threads for all three
     threads = torch.get_num_threads()
-
     lightning = import_lightning()
-    runners: dict[str, Runner] = {"fit": run_fit, "hand": run_hand}
-    if lightning is not None:
-        runners["lightning"] = lambda c, d, e: run_lightning(c, d, e, lightning)
     versions = f"torch {torch.__version__}" + (f", lightning {lightning.__version__}" if lightning else "")
     print(
         f"{versions}; {threads} thread{'s' if threads > 1 else ''}, {platform.processor() or platform.machine()}; "
         f"{repeats} interleaved repetitions per case"
     )
-
-    results = {}
-    for case in CASES:
-        epochs = args.epochs or case.epochs
-        times = measure(case, data(case.flat), runners, repeats, epochs)
-        results[case.name] = {
-            "batch_size": case.batch_size,
-            "epochs": epochs,
-            "median_seconds": {name: round(statistics.median(t), 4) for name, t in times.items()},
-            "ratio_fit_over_hand": round(ratio(times, "fit"), 4),
-            "ratio_lightning_over_hand": round(ratio(times, "lightning"), 4) if lightning else None,
-        }
+    figures = run(repeats, args.epochs)
+    results = figures["cases"]
 
     print(f"\n{'case':<22} {'hand s':>7} {'fit/hand':>9} {'Lightning/hand':>15}")
     for name, r in results.items():
@@ -315,18 +339,7 @@ def main() -> None:
     print(f"medians of per-repeat ratios; goal for fit/hand: at most {GOAL} (worst here: {worst:.3f})")
     if lightning is None:
         print("Lightning: not installed (pip install -e '.[bench]' to compare)")
-    print(
-        json.dumps(
-            {
-                "benchmark": "fit_overhead",
-                "cases": results,
-                "repeats": repeats,
-                "threads": threads,
-                "torch": torch.__version__,
-                "lightning": lightning.__version__ if lightning else None,
-            }
-        )
-    )
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

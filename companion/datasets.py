@@ -200,3 +200,80 @@ def _digits_tree_is_complete(root: Path, seed: int) -> bool:
                     f"the tree at {root} was modified; delete {root} and call digits_imagefolder again"
                 )
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Larger images of the same digits, for chapter 7, "Making training fast": how loading costs grow
+# ---------------------------------------------------------------------------------------------
+
+RESIZED_MARKER = "companion_resized_digits.json"
+"""The file :func:`resized_digits_imagefolder` writes last into a tree; a tree without it is not trusted."""
+
+
+def resized_digits_imagefolder(
+    root: str | os.PathLike[str], size: int, count: int | None = None, seed: int = 0
+) -> Path:
+    """Write the first ``count`` training digits, resized to ``size`` x ``size`` pixels, as PNG files.
+
+    The layout is ImageFolder's, ``root/<class>/<index>.png`` (one folder per digit among the
+    images), plus a marker file written last. The images are :func:`digits_splits`'s training split, in its
+    (shuffled) order, upscaled from 8x8 with bilinear interpolation: the same digits, with
+    :math:`(size/8)^2` times the pixels to decode, for measuring how loading costs grow with the
+    image size. ``count=None`` writes all 1,257.
+
+    Like :func:`digits_imagefolder` it is idempotent (a complete tree written with the same
+    ``size``, ``count`` and ``seed`` is returned at once), atomic (written beside ``root`` and
+    renamed when complete) and never overwrites: a ``root`` that holds anything else raises
+    :class:`FileExistsError`. Returns ``Path(root)``.
+    """
+    for name, value in (("size", size), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}; pass e.g. {name}=32")
+    if not 1 <= size <= 1024:
+        raise ValueError(f"size must be between 1 and 1024 pixels, got {size}; pass e.g. size=32")
+    images, labels = digits_splits(seed)["train"]
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"count must be an int or None, got {type(count).__name__}; pass e.g. count=256")
+        if not 1 <= count <= len(labels):
+            raise ValueError(
+                f"count must be between 1 and {len(labels)} (the training digits), got {count}; "
+                "pass e.g. count=256, or None for all"
+            )
+        images, labels = images[:count], labels[:count]
+    root = Path(root)
+    if root.name in ("", ".", ".."):
+        raise ValueError(f"root must name a folder of its own, got {str(root)!r}; pass e.g. 'data/digits_32'")
+    wanted = {"size": size, "count": len(labels), "seed": seed}
+    marker = root / RESIZED_MARKER
+    if root.is_dir() and marker.is_file():
+        try:
+            written = json.loads(marker.read_text())
+        except ValueError:
+            written = None
+        if written == wanted and len(list(root.glob("*/*.png"))) == len(labels):
+            return root
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):
+        raise FileExistsError(
+            f"{root} exists and is not a complete tree of {len(labels)} digits of {size}x{size} pixels "
+            f"(seed {seed}) written by resized_digits_imagefolder; pass a new or empty folder as root, "
+            f"or delete {root} if it holds nothing you need"
+        )
+    if root.is_dir():
+        root.rmdir()  # an empty folder holds nothing to lose
+    partial = root.parent / f".{root.name}.partial"
+    if partial.exists():  # left by an interrupted call: never trusted
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = partial / str(int(label))  # only the classes present: ImageFolder refuses empty ones
+            folder.mkdir(exist_ok=True)
+            resized = Image.fromarray(image.numpy()).resize((size, size), Image.Resampling.BILINEAR)
+            resized.save(folder / f"{i:04d}.png")
+        (partial / RESIZED_MARKER).write_text(json.dumps(wanted) + "\n")
+        partial.rename(root)
+    except BaseException:  # interrupted or failed: leave nothing behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return root

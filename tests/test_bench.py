@@ -91,3 +91,77 @@ def test_measure_refuses_a_runner_that_does_other_work():
     runners = {"fit": one_step_more, "hand": bench.run_hand}
     with pytest.raises(AssertionError, match="fit and the hand-written loop must end with the same weights"):
         bench.measure(case, tiny(case), runners, repeats=1, epochs=1)
+
+
+# --- benchmarks/data_pipeline.py and benchmarks/run.py ---------------------------------------------------
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARK.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+pipeline_bench = load_script("data_pipeline")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_figures(tmp_path_factory):
+    """The data-pipeline benchmark on 40 images, one round, one worker: a smoke run, not a measurement."""
+    return pipeline_bench.run(repeats=1, count=40, workers=1, root=tmp_path_factory.mktemp("images"))
+
+
+def test_the_data_pipeline_benchmark_times_the_six_pipelines_against_the_limit(tiny_pipeline_figures):
+    figures = tiny_pipeline_figures
+    assert list(figures["pipelines"]) == [
+        "ImageFolder, 0 workers",
+        "ImageFolder, 1 workers",
+        "ImageFolder, 1 persistent workers",
+        "CachedDataset, DataLoader",
+        "CachedDataset, TensorLoader",
+        "slicing in memory (limit)",
+    ]
+    assert figures["pipelines"]["slicing in memory (limit)"]["over_limit"] == 1.0
+    assert figures["pipelines"]["ImageFolder, 0 workers"]["over_naive"] == 1.0
+    assert all(r["samples_per_second"] > 0 for r in figures["pipelines"].values())
+    # decoding 40 PNG files against slicing 40 cached tensors: a gap of far more than 2x on any machine
+    assert figures["cached_over_naive"] > 2
+    assert (figures["images"], figures["size"], figures["batch_size"]) == (40, 8, 64)
+
+
+def test_the_goals_are_judged_only_on_the_real_digits(tiny_pipeline_figures):
+    rows = pipeline_bench.rows(tiny_pipeline_figures)
+    assert [r[2] for r in rows[-2:]] == [">= 20", ">= 0.8"]
+    assert all(met is None for *_, met in rows)  # 40 images are not what the goals are set for
+    assert len(rows) == 5 + 2
+
+
+def test_the_data_pipeline_benchmark_refuses_a_pipeline_that_loses_images(tmp_path):
+    from companion.perf import TensorLoader
+
+    root = pipeline_bench.resized_digits_imagefolder(tmp_path / "d", size=8, count=20)
+    made = pipeline_bench.pipelines(root, workers=1, fast_epochs=1)
+    tensors = made["CachedDataset, TensorLoader"].loader.tensors
+    made["CachedDataset, TensorLoader"].loader = TensorLoader(
+        *tensors, batch_size=16, drop_last=True
+    )  # 4 lost
+    with pytest.raises(AssertionError, match="CachedDataset, TensorLoader does not deliver the same images"):
+        pipeline_bench.check_same_images(made)
+
+
+def test_make_bench_prints_one_table_that_fits_the_column():
+    run = load_script("run")
+    fit_rows = [("fit overhead", *row) for row in bench.rows({"cases": {"CNN": _case(1.01, 1.4)}})]
+    table = run.table(
+        fit_rows + [("data pipeline", "CachedDataset, TensorLoader / limit", 0.93, ">= 0.8", True)]
+    )
+    lines = table.splitlines()
+    assert len(lines) == 4 and all(len(line) <= 88 for line in lines)
+    assert lines[1].split()[-1] == "met" and lines[-1].endswith("met")
+    assert "Lightning / hand loop" in lines[2] and lines[2].split()[-1] == "1.4"
+
+
+def _case(fit, lightning):
+    return {"ratio_fit_over_hand": fit, "ratio_lightning_over_hand": lightning}

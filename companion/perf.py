@@ -1,0 +1,766 @@
+"""Chapter 7, "Making training fast": measure first, then speed up.
+
+Measuring:
+
+- :func:`measure` times a function the way a GPU needs it timed: untimed warm-up calls, then
+  repeated runs, each between two device synchronizations, reported as a :class:`Timing` (median
+  and spread, never one number);
+- :func:`compare` times several functions *side by side*, interleaved round by round, so that a
+  change in the machine's load hits all of them alike; its :class:`Comparison` gives ratios as
+  medians of per-round ratios;
+- :func:`throughput` and :func:`loader_throughput` turn timings into samples per second;
+- :func:`split_epoch` splits an epoch into the time spent waiting for data and the time spent
+  computing; :func:`top_operators` runs ``torch.profiler`` over a step and returns the operators
+  that took the most time, as a table.
+
+Speeding up: :class:`TensorLoader` serves batches of tensors already in memory by slicing them,
+a drop-in replacement for a ``DataLoader`` over a ``TensorDataset`` or a
+:class:`~companion.loading.CachedDataset`. :func:`cpu_flags` and :func:`bf16_case` say whether
+this processor computes in bfloat16 natively.
+
+Imports run one way: this module uses :mod:`companion.loading`, nothing imports this one back.
+"""
+
+from __future__ import annotations
+
+import numbers
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import TensorDataset, default_collate
+
+from companion.loading import CachedDataset
+
+__all__ = [
+    "BF16_CASES",
+    "Comparison",
+    "EpochSplit",
+    "OperatorTable",
+    "OperatorTime",
+    "TensorLoader",
+    "Throughput",
+    "Timing",
+    "batch_size_of",
+    "bf16_case",
+    "compare",
+    "consume",
+    "cpu_flags",
+    "format_seconds",
+    "loader_throughput",
+    "measure",
+    "split_epoch",
+    "synchronize",
+    "throughput",
+    "top_operators",
+]
+
+Clock = Callable[[], float]
+WIDTH = 88  # the widest line a table here prints: the book's column
+
+
+# --- synchronizing and formatting ----------------------------------------------------------------------
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait until ``device`` has finished the work queued on it; a no-op on a CPU.
+
+    A GPU runs asynchronously: ``y = model(x)`` returns as soon as the kernels are *queued*, so a
+    clock read right after it measures the queueing, not the work. Reading the clock after
+    ``torch.cuda.synchronize()`` measures the work. ``device=None`` synchronizes CUDA when this
+    process has used it (and does nothing otherwise, without starting a CUDA context).
+    """
+    if device is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return
+    device = _device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+
+
+def _device(device: Any) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, str):
+        try:
+            return torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"device {device!r} is not a device name; pass e.g. 'cpu' or 'cuda'") from e
+    raise TypeError(
+        f"device must be a torch.device, a name such as 'cuda', or None, got {type(device).__name__}"
+    )
+
+
+def format_seconds(seconds: float) -> str:
+    """``seconds`` with a unit that keeps 3 significant digits: ``'1.23 s'``, ``'45.6 ms'``, ``'789 µs'``."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(seconds) >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+# --- timing one function ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call of one function, one figure per timed run.
+
+    The median is the figure to quote: unlike the mean it ignores the odd run that the operating
+    system interrupted. The spread is the interquartile range :math:`q_{75} - q_{25}` of the runs;
+    a spread that is a large part of the median says the machine was busy (time again).
+    """
+
+    seconds: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.seconds:
+            raise ValueError("a Timing needs at least one run; pass repeat >= 1")
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """The interquartile range of the runs (0 for a single run)."""
+        if len(self.seconds) < 2:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.seconds, n=4, method="inclusive")
+        return q3 - q1
+
+    @property
+    def min(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def max(self) -> float:
+        return max(self.seconds)
+
+    def __str__(self) -> str:
+        runs = len(self.seconds)
+        return (
+            f"{format_seconds(self.median)} per call (median of {runs} run{'s' if runs > 1 else ''}, "
+            f"IQR {format_seconds(self.spread)})"
+        )
+
+
+def _check_count(name: str, value: Any, least: int, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}; pass e.g. {name}={example}")
+    if value < least:
+        what = "at least 1" if least == 1 else "0 or more"
+        raise ValueError(f"{name} must be {what}, got {value}; pass e.g. {name}={example}")
+    return int(value)
+
+
+def _check_callable(
+    fn: Any,
+    name: str = "fn",
+    example: str = "lambda: step(batch)",
+    what: str = "a function to call with no arguments",
+) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be {what}, got {type(fn).__name__}; pass e.g. {example}")
+
+
+def _timed_run(fn: Callable[[], Any], number: int, device: Any, clock: Clock) -> float:
+    """Seconds per call of ``number`` calls of ``fn``, between two synchronizations of ``device``."""
+    synchronize(device)  # work queued before the run is not the run's
+    start = clock()
+    for _ in range(number):
+        fn()
+    synchronize(device)  # the run's work is done before the clock is read
+    return (clock() - start) / number
+
+
+def measure(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 1,
+    repeat: int = 5,
+    number: int = 1,
+    device: torch.device | str | None = None,
+    clock: Clock = time.perf_counter,
+) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeat`` timed runs of ``number`` calls each.
+
+    Each run reads the clock between two synchronizations of ``device`` (see :func:`synchronize`)
+    and records :math:`(t_1 - t_0) / \\text{number}`, seconds per call. The warm-up calls absorb
+    first-call costs that are not the steady state: memory allocation, kernel selection
+    (``cudnn.benchmark``), compilation (``torch.compile``), worker start-up. Use ``number > 1`` for
+    calls too short for the clock (well under a millisecond).
+    """
+    _check_callable(fn)
+    return compare(
+        {"fn": fn}, warmup=warmup, repeat=repeat, number=number, device=device, clock=clock
+    ).timing("fn")
+
+
+# --- timing several side by side ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Seconds per call of several functions, timed in the same rounds (see :func:`compare`)."""
+
+    seconds: dict[str, tuple[float, ...]]
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.seconds:
+            raise KeyError(f"{name!r} was not timed; the names are {', '.join(map(repr, self.seconds))}")
+
+    def timing(self, name: str) -> Timing:
+        self._check_name(name)
+        return Timing(self.seconds[name])
+
+    def ratio(self, name: str, to: str) -> float:
+        """The median over rounds of :math:`t_\\text{name} / t_\\text{to}`: name's time in units of to's."""
+        self._check_name(name)
+        self._check_name(to)
+        return statistics.median(a / b for a, b in zip(self.seconds[name], self.seconds[to]))
+
+    def speedup(self, name: str, over: str, samples: Mapping[str, int] | None = None) -> float:
+        """How many times faster ``name`` ran than ``over`` (below 1: slower), as the median over
+        rounds of :math:`t_\\text{over} / t_\\text{name}`.
+
+        When one call of each does a different amount of work (say 20 fast epochs against one slow
+        one, to time each for long enough), pass ``samples`` per call: the ratio is then of samples
+        per second, :math:`(n_\\text{name} / t_\\text{name}) / (n_\\text{over} / t_\\text{over})`.
+        """
+        self._check_name(name)
+        self._check_name(over)
+        n_name, n_over = (samples[name], samples[over]) if samples is not None else (1, 1)
+        return statistics.median(
+            (n_name / a) / (n_over / b) for a, b in zip(self.seconds[name], self.seconds[over])
+        )
+
+    def table(self, baseline: str, samples: Mapping[str, int] | int | None = None) -> str:
+        """One line per function: median time per call, spread (IQR), samples/s (given ``samples``
+        per call, one number for all or one per name) and speed relative to ``baseline`` (see
+        :meth:`speedup`); no line is wider than 88 characters."""
+        self._check_name(baseline)
+        if isinstance(samples, int):
+            samples = {name: samples for name in self.seconds}
+        label = max(8, min(40, max(len(name) for name in self.seconds)))
+        head = f"{'':{label}} {'median':>9} {'IQR':>9}" + (f" {'samples/s':>12}" if samples else "")
+        lines = [head + f" {'speed':>9}"]
+        for name in self.seconds:
+            timing = self.timing(name)
+            shown = name if len(name) <= label else name[: label - 3] + "..."
+            line = f"{shown:{label}} {format_seconds(timing.median):>9} {format_seconds(timing.spread):>9}"
+            if samples:
+                line += f" {samples[name] / timing.median:>12,.0f}"
+            lines.append(line + f" {self.speedup(name, baseline, samples or None):>8.3g}x")
+        base = baseline if len(baseline) <= 40 else baseline[:37] + "..."
+        lines.append(f"speed: times as fast as {base!r}, the median of per-round ratios")
+        return "\n".join(lines)
+
+
+def compare(
+    candidates: Mapping[str, Callable[[], Any]],
+    *,
+    warmup: int = 1,
+    repeat: int = 5,
+    number: int = 1,
+    device: torch.device | str | None = None,
+    clock: Clock = time.perf_counter,
+) -> Comparison:
+    """Time each of ``candidates`` (name -> function of no arguments), interleaved.
+
+    After ``warmup`` untimed calls of each, there are ``repeat`` rounds; each round times every
+    candidate once (as :func:`measure` does: ``number`` calls between two synchronizations), in
+    the order given on even rounds and in reverse on odd ones, so that none always goes first. A
+    ratio is then taken within each round, where the machine's load was the same for both, and
+    the median over rounds is reported: on a shared machine that is far steadier than a ratio of
+    two separately measured medians.
+    """
+    if not isinstance(candidates, Mapping) or not candidates:
+        raise TypeError(
+            "candidates must be a non-empty dict of name -> function to time, e.g. "
+            "{'eager': lambda: step(model), 'compiled': lambda: step(compiled)}"
+        )
+    for name, fn in candidates.items():
+        _check_callable(fn, f"candidates[{name!r}]", f"{{{name!r}: lambda: step(batch)}}")
+    warmup = _check_count("warmup", warmup, 0, "1")
+    repeat = _check_count("repeat", repeat, 1, "5")
+    number = _check_count("number", number, 1, "10")
+    if device is not None:
+        device = _device(device)
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    order = list(candidates.items())
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(repeat):
+        for name, fn in order if round_ % 2 == 0 else order[::-1]:
+            seconds[name].append(_timed_run(fn, number, device, clock))
+    return Comparison({name: tuple(s) for name, s in seconds.items()})
+
+
+# --- samples per second -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """``samples`` processed per call, and the :class:`Timing` of the calls."""
+
+    samples: int
+    timing: Timing
+
+    @property
+    def per_second(self) -> float:
+        """Samples per second at the median time: :math:`n / \\operatorname{median}(t)`."""
+        return self.samples / self.timing.median
+
+    def __str__(self) -> str:
+        return f"{self.per_second:,.0f} samples/s ({self.samples} samples per call: {self.timing})"
+
+
+def batch_size_of(batch: Any) -> int:
+    """The number of samples in ``batch``: the length of its first tensor (a batch may be a tensor,
+    a tuple or list such as ``(inputs, targets)``, or a dict)."""
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim == 0:
+            raise ValueError("a batch cannot be a 0-dimensional tensor: its first dimension counts samples")
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch_size_of(batch[0])
+    raise TypeError(
+        f"cannot count the samples in a batch of type {type(batch).__name__}: a batch must be a tensor "
+        "or a tuple, list or dict whose first item is one"
+    )
+
+
+def consume(loader: Iterable, max_batches: int | None = None) -> int:
+    """Iterate over ``loader`` (one epoch, or its first ``max_batches`` batches); return the samples seen."""
+    if not isinstance(loader, Iterable):
+        raise TypeError(
+            f"loader must be iterable (a DataLoader, a TensorLoader), got {type(loader).__name__}"
+        )
+    if max_batches is not None:
+        max_batches = _check_count("max_batches", max_batches, 1, "20")
+    samples = 0
+    for i, batch in enumerate(loader):
+        samples += batch_size_of(batch)
+        if max_batches is not None and i + 1 == max_batches:
+            break
+    return samples
+
+
+def throughput(
+    fn: Callable[[], Any],
+    samples: int,
+    *,
+    warmup: int = 1,
+    repeat: int = 5,
+    number: int = 1,
+    device: torch.device | str | None = None,
+    clock: Clock = time.perf_counter,
+) -> Throughput:
+    """Samples per second of ``fn``, which processes ``samples`` samples per call: e.g. a training
+    step on a batch (``samples`` = the batch size) or an epoch (the dataset's length). Timed with
+    :func:`measure`."""
+    samples = _check_count("samples", samples, 1, "64")
+    timing = measure(fn, warmup=warmup, repeat=repeat, number=number, device=device, clock=clock)
+    return Throughput(samples, timing)
+
+
+def loader_throughput(
+    loader: Iterable,
+    *,
+    repeat: int = 3,
+    max_batches: int | None = None,
+    clock: Clock = time.perf_counter,
+) -> Throughput:
+    """Samples per second that ``loader`` delivers, over whole epochs (or ``max_batches`` batches).
+
+    One untimed pass first counts the samples and warms up (starts persistent workers, fills the
+    operating system's file cache), then ``repeat`` timed passes. Only the loading is timed: the
+    batches are dropped as they come, so this is the most the loader can feed a training loop.
+    """
+    samples = consume(loader, max_batches)
+    if samples == 0:
+        raise ValueError("the loader yielded no samples; pass a loader over a non-empty dataset")
+    timing = measure(lambda: consume(loader, max_batches), warmup=0, repeat=repeat, clock=clock)
+    return Throughput(samples, timing)
+
+
+# --- where an epoch's time goes --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EpochSplit:
+    """An epoch's time, split into waiting for the next batch (data) and the training step (compute)."""
+
+    data_seconds: float
+    compute_seconds: float
+    batches: int
+    samples: int
+
+    @property
+    def seconds(self) -> float:
+        return self.data_seconds + self.compute_seconds
+
+    @property
+    def data_fraction(self) -> float:
+        """The share of the epoch spent waiting for data, :math:`t_\\text{data} / (t_\\text{data} + t_\\text{compute})`."""
+        return self.data_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.batches} batches, {self.samples} samples: data {format_seconds(self.data_seconds)} "
+            f"({self.data_fraction:.0%}), compute {format_seconds(self.compute_seconds)} "
+            f"({1 - self.data_fraction:.0%})"
+        )
+
+
+def split_epoch(
+    loader: Iterable,
+    step: Callable[[Any], Any],
+    *,
+    device: torch.device | str | None = None,
+    max_batches: int | None = None,
+    clock: Clock = time.perf_counter,
+) -> EpochSplit:
+    """Run one epoch, ``step(batch)`` for each batch of ``loader``, timing the two parts apart.
+
+    Data time runs from asking the loader for a batch until it arrives (starting the iterator,
+    and so any worker processes, counts as data time); compute time from then until ``step``
+    has returned and ``device`` is synchronized (see :func:`synchronize`). With
+    :math:`t_\\text{data}` a large share of the epoch the model waits for its data, and a faster
+    model would not make the epoch faster: make loading faster first. The two parts are also
+    marked ``"data"`` and ``"compute"`` with ``torch.profiler.record_function``, so they show up
+    by name when the epoch runs under ``torch.profiler``.
+    """
+    if not isinstance(loader, Iterable):
+        raise TypeError(
+            f"loader must be iterable (a DataLoader, a TensorLoader), got {type(loader).__name__}"
+        )
+    _check_callable(step, "step", "def step(batch): ...", what="a function of one batch")
+    if max_batches is not None:
+        max_batches = _check_count("max_batches", max_batches, 1, "20")
+    if device is not None:
+        device = _device(device)
+    data = compute = 0.0
+    batches = samples = 0
+    synchronize(device)
+    start = clock()
+    with torch.profiler.record_function("data"):
+        iterator = iter(loader)
+    while max_batches is None or batches < max_batches:
+        with torch.profiler.record_function("data"):
+            batch = next(iterator, None)
+        arrived = clock()
+        data += arrived - start
+        if batch is None:
+            break
+        with torch.profiler.record_function("compute"):
+            step(batch)
+        synchronize(device)
+        start = clock()
+        compute += start - arrived
+        batches += 1
+        samples += batch_size_of(batch)
+    if batches == 0:
+        raise ValueError("the loader yielded no batches; pass a loader over a non-empty dataset")
+    return EpochSplit(data, compute, batches, samples)
+
+
+# --- the profiler's top operators ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatorTime:
+    """One operator in a profile: its self time (excluding the operators it called) per step."""
+
+    name: str
+    calls_per_step: float
+    self_seconds_per_step: float
+    share: float  # of the self time of all operators
+
+
+@dataclass(frozen=True)
+class OperatorTable:
+    """The operators that took the most self time, most first; ``str()`` is a table of <= 88 columns."""
+
+    rows: tuple[OperatorTime, ...]
+    steps: int
+    device_time: bool  # True: self time on the GPU, False: on the CPU
+
+    def names(self) -> list[str]:
+        return [row.name for row in self.rows]
+
+    def __str__(self) -> str:
+        where = "GPU" if self.device_time else "CPU"
+        name_width = WIDTH - 1 - 10 - 1 - 13 - 1 - 6
+        lines = [f"{'operator':{name_width}} {'calls/step':>10} {where + ' self/step':>13} {'share':>6}"]
+        for row in self.rows:
+            name = row.name if len(row.name) <= name_width else row.name[: name_width - 3] + "..."
+            lines.append(
+                f"{name:{name_width}} {row.calls_per_step:>10.3g} "
+                f"{format_seconds(row.self_seconds_per_step):>13} {row.share:>6.1%}"
+            )
+        return "\n".join(lines)
+
+
+def top_operators(
+    fn: Callable[[], Any],
+    *,
+    steps: int = 3,
+    warmup: int = 1,
+    top: int = 10,
+    device: torch.device | str | None = None,
+) -> OperatorTable:
+    """Profile ``steps`` calls of ``fn`` with ``torch.profiler``; return the ``top`` operators by self time.
+
+    An operator's *self* time excludes the operators it called (``aten::linear`` calls
+    ``aten::addmm``, which does the arithmetic): the self times add up to the profiled time, so
+    each row's share says where the time went. On a CUDA ``device`` the GPU's self time is used,
+    since that is where the kernels run. ``warmup`` untimed calls come first (see :func:`measure`).
+    """
+    _check_callable(fn)
+    steps = _check_count("steps", steps, 1, "3")
+    warmup = _check_count("warmup", warmup, 0, "1")
+    top = _check_count("top", top, 1, "10")
+    device = _device(device) if device is not None else None
+    on_gpu = device is not None and device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if on_gpu:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(steps):
+            fn()
+        synchronize(device)
+    events = profile.key_averages()
+
+    def self_us(event: Any) -> float:
+        if on_gpu:
+            return float(
+                getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
+            )
+        return float(event.self_cpu_time_total)
+
+    total = sum(self_us(e) for e in events)
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    rows = tuple(
+        OperatorTime(
+            name=e.key,
+            calls_per_step=e.count / steps,
+            self_seconds_per_step=self_us(e) * 1e-6 / steps,
+            share=self_us(e) / total if total > 0 else 0.0,
+        )
+        for e in ranked
+        if self_us(e) > 0
+    )
+    return OperatorTable(rows, steps, on_gpu)
+
+
+# --- batches sliced from memory ------------------------------------------------------------------------
+
+
+class TensorLoader:
+    """Batches sliced from tensors in memory: ``for x, y in TensorLoader(X, Y, batch_size=64): ...``.
+
+    A ``DataLoader`` fetches a batch one sample at a time (``dataset[i]`` for each index, each a
+    Python call) and then stacks the samples (``collate_fn``). For data already in memory as
+    tensors that per-sample work is most of the cost; here each batch is one indexing operation
+    per tensor, :math:`X[\\pi_{kb:(k+1)b}]` for the permutation :math:`\\pi` of the epoch.
+
+    **A drop-in replacement.** It draws from the random number generators exactly what
+    ``DataLoader(TensorDataset(*tensors), batch_size, shuffle, generator=generator,
+    drop_last=drop_last)`` draws, in the same order (a base seed for worker processes per epoch,
+    then ``RandomSampler``'s permutation, and the second permutation the sampler draws when it is
+    exhausted). So with generators in the same state it yields the same batches, epoch after
+    epoch, and leaves the global RNG (dropout's) in the same state: switching loaders changes the
+    speed of a training run, not its result. It has ``len()``, ``batch_size`` and ``generator`` as
+    a DataLoader does, so :func:`companion.fit` trains and resumes with it.
+
+    It has no workers and no per-sample transforms (random augmentation): for those, use a
+    DataLoader. ``device`` moves the tensors once, at construction: on a GPU, a dataset that fits
+    in its memory then never crosses the bus again (each batch is sliced where it lives).
+    """
+
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        batch_size: int = 1,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not tensors:
+            raise TypeError(
+                "TensorLoader needs at least one tensor, e.g. TensorLoader(inputs, targets, batch_size=64)"
+            )
+        for i, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor) or t.ndim == 0:
+                what = type(t).__name__ if not isinstance(t, torch.Tensor) else "a 0-dimensional tensor"
+                raise TypeError(
+                    f"TensorLoader's argument {i} is {what}: pass tensors whose first dimension counts samples"
+                    + (
+                        "; for a dataset, use TensorLoader.from_dataset(dataset, batch_size=...)"
+                        if not isinstance(t, torch.Tensor)
+                        else ""
+                    )
+                )
+        lengths = [len(t) for t in tensors]
+        if len(set(lengths)) > 1:
+            raise ValueError(
+                f"the tensors hold different numbers of samples, {lengths}: their first dimensions must agree"
+            )
+        if lengths[0] == 0:
+            raise ValueError("the tensors hold no samples; pass at least one")
+        self.batch_size = _check_count("batch_size", batch_size, 1, "64")
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+        if not isinstance(drop_last, bool):
+            raise TypeError(f"drop_last must be True or False, got {drop_last!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+                "pass e.g. generator=torch.Generator().manual_seed(0)"
+            )
+        if device is not None:
+            device = _device(device)
+            tensors = tuple(t.to(device) for t in tensors)
+        self.tensors = tensors
+        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+
+    @classmethod
+    def from_dataset(cls, dataset: TensorDataset | CachedDataset, **options: Any) -> TensorLoader:
+        """A TensorLoader over the tensors of a ``TensorDataset`` or a ``CachedDataset``.
+
+        A CachedDataset's targets are batched as the DataLoader's ``default_collate`` would
+        batch them (ints become an ``int64`` tensor). One with a ``transform`` is refused: that
+        transform runs on each sample at every access, which only a DataLoader does.
+        """
+        if isinstance(dataset, TensorDataset):
+            return cls(*dataset.tensors, **options)
+        if isinstance(dataset, CachedDataset):
+            if dataset.transform is not None:
+                raise ValueError(
+                    "this CachedDataset has a transform, which must run on each sample at every access "
+                    "(random augmentation): serve it with a DataLoader, or build the CachedDataset "
+                    "without one and apply a batch transform in the training step"
+                )
+            return cls(dataset.inputs, default_collate(list(dataset.targets)), **options)
+        raise TypeError(
+            f"from_dataset takes a TensorDataset or a CachedDataset, got {type(dataset).__name__}; "
+            "for other datasets, use a DataLoader or CachedDataset(dataset) first"
+        )
+
+    def __len__(self) -> int:
+        n = len(self.tensors[0])
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        # what DataLoader's iterator draws when it starts: a base seed for its workers
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        return self._batches()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        tensors, size = self.tensors, self.batch_size
+        stop = len(self) * size
+        if not self.shuffle:
+            for start in range(0, stop, size):
+                yield tuple([t[start : start + size] for t in tensors])
+            return
+        n = len(tensors[0])
+        generator = self.generator
+        if generator is None:  # RandomSampler without a generator seeds a new one from the global RNG
+            generator = torch.Generator().manual_seed(
+                int(torch.empty((), dtype=torch.int64).random_().item())
+            )
+        order = torch.randperm(n, generator=generator)
+        if order.device != tensors[0].device:
+            order = order.to(tensors[0].device)
+        for start in range(0, stop, size):
+            index = order[start : start + size]
+            yield tuple([t.index_select(0, index) for t in tensors])  # t[index], with less overhead
+        if self.generator is not None:
+            # RandomSampler, exhausted, draws one more permutation (its empty "n % n" tail)
+            torch.randperm(n, generator=self.generator)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(tuple(t.shape)) for t in self.tensors)
+        return (
+            f"TensorLoader({shapes}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"drop_last={self.drop_last})"
+        )
+
+
+# --- what the processor computes natively -----------------------------------------------------------------
+
+BF16_CASES: dict[str, str] = {
+    "amx": (
+        "AMX: matrix units that multiply bfloat16 tiles in hardware; bfloat16 autocast can be "
+        "much faster than float32 for large matrix products and convolutions"
+    ),
+    "avx512_bf16": (
+        "AVX512-BF16: vector instructions for bfloat16 dot products; bfloat16 autocast can be "
+        "faster than float32 for large matrix products"
+    ),
+    "arm_bf16": (
+        "ARM's BF16 extension: bfloat16 dot-product instructions; bfloat16 autocast can be faster "
+        "for large matrix products"
+    ),
+    "none": (
+        "no bfloat16 arithmetic instructions: bfloat16 is converted to float32 to compute, so "
+        "autocast saves memory, not time, and the conversions usually make it slower"
+    ),
+    "unknown": "the processor's flags could not be read here (they are read on Linux only)",
+}
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The processor's feature flags (``avx2``, ``avx512_bf16``, ``amx_bf16``, ...), or None where
+    they cannot be read (not Linux).
+
+    Read from the ``flags`` line (x86) or ``Features`` line (ARM) of Linux's ``/proc/cpuinfo``.
+    """
+    path = Path(cpuinfo)
+    if not sys.platform.startswith("linux") and str(cpuinfo) == "/proc/cpuinfo":
+        return None
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return frozenset(value.split())
+    return None
+
+
+def bf16_case(flags: Iterable[str] | None) -> str:
+    """Which key of :data:`BF16_CASES` describes a processor with these ``flags`` (from :func:`cpu_flags`)."""
+    if flags is None:
+        return "unknown"
+    if isinstance(flags, str):
+        raise TypeError("flags must be a collection of flag names, e.g. cpu_flags(), not one string")
+    flags = set(flags)
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    if "bf16" in flags:  # ARM's Features line
+        return "arm_bf16"
+    return "none"
