@@ -7,6 +7,7 @@ Errors are separate outputs (``output_type: error``) and are still compared.
 """
 
 import nbval.plugin
+import pytest
 
 _coalesce_streams = nbval.plugin.coalesce_streams
 
@@ -36,6 +37,46 @@ from pathlib import Path  # noqa: E402
 
 _report: dict = {"notebooks": defaultdict(lambda: defaultdict(float)), "units": defaultdict(int)}
 _cells: dict[str, tuple[str, bool]] = {}  # nodeid -> (notebook, output compared)
+
+
+# --- Inductor's cache: one per kernel set ---------------------------------------------------------------
+# torch.compile (chapter 7) keeps the C++ it generates in TORCHINDUCTOR_CACHE_DIR and reuses it in later runs.
+# Its key does not include ATEN_CPU_CAPABILITY: on an AVX512 machine, a run under `avx2` reused the kernels of
+# the native run and trained to nan. So every run of the book gets the cache of its own kernel set, named by
+# what the generated code depends on: torch's version, the kernels in use, the threads, and the CPU's flags.
+
+
+_INDUCTOR_ROOT = pytest.StashKey[Path]()
+
+
+def inductor_cache_dir(root: Path) -> Path:
+    """The Inductor cache for this process's torch, CPU kernels, thread count and processor, under ``root``."""
+    import hashlib
+
+    import torch  # here, not at the top: pytest's own start-up stays light
+
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text(errors="replace").splitlines()
+        flags = next((line for line in lines if line.startswith(("flags", "Features"))), "")
+    flags_hash = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:10]
+    kernels = torch.backends.cpu.get_cpu_capability().lower()
+    key = f"torch-{torch.__version__}-{kernels}-{torch.get_num_threads()}threads-cpu-{flags_hash}"
+    return root / key.replace("+", "_")
+
+
+def inductor_cache_root(rootpath: Path) -> Path:
+    """Where the per-kernel-set caches go: under a TORCHINDUCTOR_CACHE_DIR the caller set, else _build/."""
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(given) if given else rootpath / "_build" / "inductor"
+
+
+def pytest_configure(config):
+    # set before any kernel starts: nbval's kernels inherit this process's environment
+    root = inductor_cache_root(config.rootpath)
+    config.stash[_INDUCTOR_ROOT] = root
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir(root))
 
 
 def pytest_addoption(parser):
