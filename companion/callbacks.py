@@ -16,6 +16,7 @@ PyTorch Lightning's names, and ``fit`` calls them in this order::
         on_validation_epoch_end(state)        # only with a val_loader
         on_train_epoch_end(state)             # the row is complete; set state.should_stop to stop
     on_fit_end(state)                         # once, when training ends without an error
+    on_exception(state, error)                # instead, when an error or an interrupt ends it
 
 Subclass :class:`Callback` and override the hooks you need: ``fit`` calls a per-batch hook only on the
 callbacks that override it, so the others cost nothing per batch. Callbacks run in the order given,
@@ -48,6 +49,7 @@ from companion.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from companion.checks import is_int
 from companion.distributed import barrier, gather_objects, is_distributed, is_main_process
 from companion.history import History, check_mode
 
@@ -71,6 +73,7 @@ HOOKS = (
     "on_validation_epoch_end",
     "on_train_epoch_end",
     "on_fit_end",
+    "on_exception",
 )
 RENAMED = {"on_epoch_end": "on_train_epoch_end(state), and set state.should_stop = True to stop"}
 
@@ -80,8 +83,10 @@ class FitState:
     """What a callback may look at, and change, during :func:`companion.train.fit`.
 
     ``epoch`` is the current epoch (1-based; the last one finished at ``on_train_epoch_end``),
-    ``global_step`` the number of optimizer steps taken so far, ``epochs`` the epoch fit stops after.
-    Set ``should_stop = True`` to end training after the current epoch.
+    ``global_step`` the number of optimizer steps taken so far (a step a ``GradScaler`` skipped is
+    none), ``epochs`` the epoch fit stops after. Set ``should_stop = True`` to end training after the
+    current epoch. ``accumulate_grad_batches``, ``gradient_clip_val`` and ``precision`` (``"32"``,
+    ``"bf16"`` or ``"16"``) are fit's settings, which a checkpoint records.
     """
 
     model: nn.Module
@@ -96,6 +101,18 @@ class FitState:
     epoch: int = 0
     global_step: int = 0
     should_stop: bool = False
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    precision: str = "32"
+
+    def fit_settings(self) -> dict[str, Any]:
+        """The settings that shape every optimizer step: a checkpoint records them, and a resumed run
+        must have the same (another ``k`` would, for one, take another number of steps per epoch)."""
+        return {
+            "accumulate_grad_batches": self.accumulate_grad_batches,
+            "gradient_clip_val": self.gradient_clip_val,
+            "precision": self.precision,
+        }
 
 
 class Callback:
@@ -124,6 +141,11 @@ class Callback:
 
     def on_fit_end(self, state: FitState) -> None:
         """Once, after the last epoch (also when a callback stopped training early)."""
+
+    def on_exception(self, state: FitState, exception: BaseException) -> None:
+        """When an error or an interrupt (``KeyboardInterrupt``) ends training, in place of
+        ``on_fit_end``; the state is as the error left it. Then fit puts the model in eval mode,
+        clears the gradients and raises the error."""
 
 
 def _overrides(callback: Any, hook: str) -> bool:
@@ -200,7 +222,7 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         restore_best_weights: bool = True,
     ):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        if not is_int(patience) or patience < 1:
             raise ValueError(
                 f"patience must be a positive int (epochs without improvement before stopping), got {patience!r}"
             )
@@ -294,7 +316,7 @@ class Checkpoint(Callback):
         every_n_epochs: int = 1,
     ):
         self.path = _file_argument(path, "Checkpoint(path)")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+        if not is_int(every_n_epochs) or every_n_epochs < 1:
             raise ValueError(
                 f"every_n_epochs must be a positive int (save every that many epochs), got {every_n_epochs!r}"
             )
@@ -335,6 +357,7 @@ class Checkpoint(Callback):
                 callbacks=state.callbacks,
                 stopped=state.should_stop,
                 rank_rng=rank_rng,
+                fit_settings=state.fit_settings(),
             )
         barrier()
 

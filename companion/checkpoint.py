@@ -17,9 +17,15 @@ one with ``os.replace``, then the folder itself is flushed so the rename survive
 killed while saving leaves the previous checkpoint whole; its stale temporary file is removed by the
 next save.
 
+**Writing** also checks that the file will read back: a checkpoint is read with
+``torch.load(weights_only=True)``, which refuses any Python object but tensors, numbers, strings and
+plain containers (a ``collections.deque``, a NumPy scalar), so :func:`save_checkpoint` refuses, at the
+first save rather than at the resume, a state holding one, naming the callback, the key and the type.
+
 **Reading** checks before it changes anything: :func:`read_checkpoint` refuses a file that is
 truncated or is not a checkpoint, and :meth:`SavedCheckpoint.check` compares the model's keys and
-shapes, the optimizer's class and parameter groups, the scheduler's class and the callbacks with
+shapes, the optimizer's class and parameter groups, the scheduler's class, the callbacks and fit's
+settings that shape each step (``accumulate_grad_batches``, ``gradient_clip_val``, ``precision``) with
 what was saved. A refused load leaves the model, optimizer, scheduler, callbacks and generators as
 they were, and its error names the file and what does not match. One state cannot be saved: the
 random streams inside the workers of a ``DataLoader`` with ``persistent_workers=True``, which draw
@@ -42,9 +48,11 @@ from __future__ import annotations
 
 import copy
 import glob
+import io
 import os
 import random
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,8 +61,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from companion.distributed import rank, unwrap, world_size
+from companion.distributed import rank, world_size
 from companion.history import History
+from companion.wrappers import plain_key, unwrap
 
 __all__ = [
     "CheckpointError",
@@ -71,7 +80,6 @@ __all__ = [
 ]
 
 FORMAT = "companion.checkpoint/2"
-COMPILED = "_orig_mod"  # the attribute (and key segment) under which torch.compile keeps the model
 
 
 class CheckpointError(ValueError):
@@ -81,14 +89,10 @@ class CheckpointError(ValueError):
 # --- the model's weights under their plain names ---------------------------------------------------
 
 
-def _plain_key(key: str) -> str:
-    return ".".join(part for part in key.split(".") if part != COMPILED)
-
-
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` under the names of the plain model: without the ``module.`` of a
     ``DistributedDataParallel`` wrapper or the ``_orig_mod.`` segments of ``torch.compile``."""
-    return {_plain_key(k): v for k, v in unwrap(model).state_dict().items()}
+    return {plain_key(k): v for k, v in unwrap(model).state_dict().items()}
 
 
 def _model_mismatch(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> str | None:
@@ -121,7 +125,7 @@ def load_plain_state_dict(model: nn.Module, saved: Mapping[str, torch.Tensor]) -
     if problem:
         raise CheckpointError(f"the weights do not fit this model: {problem}")
     model = unwrap(model)
-    model.load_state_dict({k: saved[_plain_key(k)] for k in model.state_dict()})
+    model.load_state_dict({k: saved[plain_key(k)] for k in model.state_dict()})
 
 
 def _few(items: Sequence[str], n: int = 4) -> str:
@@ -261,6 +265,78 @@ def _atomic_save(obj: Any, path: Path) -> None:
     _fsync_directory(path.parent)
 
 
+# what torch.load(weights_only=True) reads back without asking: checked by type alone
+_LOADABLE = (type(None), bool, int, float, complex, str, bytes, torch.Size, torch.dtype, torch.device)
+
+
+def _load_error(obj: Any) -> str | None:
+    """Why ``torch.load(weights_only=True)`` would not read ``obj`` back, or None if it would (types
+    allowed with ``torch.serialization.add_safe_globals`` included): saved to memory and read, once."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(obj, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception as error:  # refused by the loader, or not even picklable: it would not resume
+        text = str(error)
+        _, found, reason = text.partition("WeightsUnpickler error: ")
+        return (reason if found else text).split(". ")[0].splitlines()[0].strip() or type(error).__name__
+    return None
+
+
+def _unloadable(obj: Any, where: str) -> tuple[str, Any, str] | None:
+    """The first value in ``obj`` that ``torch.load(weights_only=True)`` refuses: where, what and why.
+
+    Tensors, numbers, strings and dicts, lists, tuples and sets of them pass by their type; anything
+    else (a ``deque``, a NumPy scalar, a tensor subclass) is tried on its own.
+    """
+    kind = type(obj)
+    if kind in _LOADABLE or kind in (torch.Tensor, nn.Parameter):
+        return None
+    if kind in (dict, OrderedDict):
+        for key, value in obj.items():
+            found = _unloadable(key, f"{where} (a key)") or _unloadable(value, f"{where}[{key!r}]")
+            if found:
+                return found
+        return None
+    if kind in (list, tuple, set):
+        for i, value in enumerate(obj):
+            found = _unloadable(value, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    reason = _load_error(obj)
+    return None if reason is None else (where, obj, reason)
+
+
+def _check_reads_back(state: Mapping[str, Any], callbacks: Sequence[Any]) -> None:
+    """Raise :class:`CheckpointError` if the checkpoint ``state`` would save but never load."""
+    parts = {name: (value, f"its {name!r}") for name, value in state.items() if name != "callbacks"}
+    for i, (c, saved) in enumerate(zip(callbacks, state["callbacks"])):
+        parts[f"callback {i}"] = (saved["state"], f"the state_dict() of callback {type(c).__qualname__}")
+    for value, where in parts.values():
+        found = _unloadable(value, where)
+        if found:
+            place, bad, reason = found
+            name = f"{type(bad).__module__}.{type(bad).__qualname__}"
+            allow = (
+                f", or, for a class of yours that torch.load can rebuild, allow it with "
+                f"torch.serialization.add_safe_globals([{type(bad).__qualname__}])"
+                if reason.startswith("Unsupported global") and f"GLOBAL {name} " in reason
+                else ""
+            )
+            raise CheckpointError(
+                f"this checkpoint would be written but could never be resumed: {place} is a {name} "
+                f"({_short(bad)}), which torch.load(weights_only=True) refuses ({reason}). Store plain "
+                f"types there (a list, a dict, an int or float, a tensor: e.g. list(...), float(...)){allow}"
+            )
+
+
+def _short(obj: Any, n: int = 60) -> str:
+    text = repr(obj)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def check_file_path(path: Path) -> None:
     """Raise ``ValueError`` if ``path`` is an existing directory: a checkpoint is one file."""
     if path.is_dir():
@@ -283,12 +359,18 @@ def save_checkpoint(
     callbacks: Sequence[Any] = (),
     stopped: bool = False,
     rank_rng: Sequence[Mapping[str, Any]] | None = None,
+    fit_settings: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write everything a resumed :func:`companion.train.fit` needs to ``path``, atomically. Returns the path.
 
     ``stopped``: the run ended here because a callback asked (early stopping): resuming it trains no further.
     ``rank_rng``: under DDP, every rank's :func:`rng_state`, in rank order (gathered by the caller);
-    the file then belongs to a run of ``len(rank_rng)`` ranks.
+    the file then belongs to a run of ``len(rank_rng)`` ranks. ``fit_settings``: fit's settings that a
+    resumed run must share (:meth:`companion.callbacks.FitState.fit_settings`).
+
+    Raises:
+        CheckpointError: something in the state (a callback's, most likely) would not load with
+            ``weights_only=True``; nothing is written.
     """
     path = Path(path)
     check_file_path(path)
@@ -313,7 +395,9 @@ def save_checkpoint(
         "rng": rng_state(train_loader),
         "world_size": len(rank_rng) if rank_rng else 1,
         "rank_rng": list(rank_rng) if rank_rng else None,
+        "fit_settings": dict(fit_settings) if fit_settings is not None else None,
     }
+    _check_reads_back(state, _stateful(callbacks))
     _atomic_save(state, path)
     return path
 
@@ -350,11 +434,13 @@ class SavedCheckpoint:
         train_loader: Iterable | None = None,
         callbacks: Sequence[Any] | None = None,
         restore_rng: bool = True,
+        fit_settings: Mapping[str, Any] | None = None,
     ) -> None:
         """Raise :class:`CheckpointError` (naming the file and the mismatch) unless everything given fits.
 
         Changes nothing. ``callbacks=None`` leaves callbacks out (loading weights only); a list must
         have callbacks with state of the same classes, in the same order, as the run that saved it.
+        ``fit_settings`` (a resumed fit's) must equal those the checkpoint recorded, if it recorded any.
         """
         s = self._state
         problem = _model_mismatch(model, s["model"])
@@ -386,6 +472,10 @@ class SavedCheckpoint:
                     f"its optimizer has settings this {type(optimizer).__qualname__} does not: "
                     f"{', '.join(unknown)}; resume with the optimizer (and update rule) the run was saved with"
                 )
+        if fit_settings is not None and s.get("fit_settings") is not None:
+            problem = _settings_mismatch(s["fit_settings"], fit_settings)
+            if problem:
+                raise self._refuse(problem)
         if callbacks is not None:
             saved = [c["name"] for c in s["callbacks"]]
             given = [type(c).__qualname__ for c in _stateful(callbacks)]
@@ -454,6 +544,21 @@ class SavedCheckpoint:
                 c.load_state_dict(copy.deepcopy(saved["state"]))
         if restore_rng:
             set_rng_state(_own_rng(s), train_loader)
+
+
+def _settings_mismatch(saved: Mapping[str, Any], given: Mapping[str, Any]) -> str | None:
+    """Which of fit's settings differ from the saved run's, said with what to pass; None if none."""
+    differ = [name for name in saved if name in given and given[name] != saved[name]]
+    if not differ:
+        return None
+    was = ", ".join(f"{name}={saved[name]!r}" for name in differ)
+    now = ", ".join(f"{name}={given[name]!r}" for name in differ)
+    return (
+        f"it was saved by a fit with {was}, and this one has {now}: each shapes every optimizer step "
+        "(how many steps an epoch takes, which a per-step scheduler was sized for, and what each step "
+        f"computes), so the run would not go on as it began. Resume with {was}, or load the weights "
+        "alone (load_checkpoint(path, model=..., restore_rng=False)) and start a new fit"
+    )
 
 
 def _own_rng(state: Mapping[str, Any]) -> Mapping[str, Any]:

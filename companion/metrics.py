@@ -133,9 +133,11 @@ class EpochMeter:
 
     def _label_weights(self, labels: torch.Tensor) -> list[float]:
         """Each batch's weight of counted labels, for a class loss that ignores or weighs labels."""
-        weights = (labels != self.ignore_index).float()
-        if self.class_weight is not None:
-            weights = weights * self.class_weight.to(labels.device).float()[labels.clamp(min=0)]
+        counted = labels != self.ignore_index
+        weights = counted.float()
+        if self.class_weight is not None:  # an ignored label (-100, 255, ...) indexes class 0, weighted 0
+            classes = torch.where(counted, labels, torch.zeros_like(labels))
+            weights = weights * self.class_weight.to(labels.device).float()[classes]
         sizes = torch.tensor(self.sizes, device=labels.device)
         batch_of = torch.repeat_interleave(torch.arange(len(self.sizes), device=labels.device), sizes)
         return torch.zeros(len(self.sizes), device=labels.device).index_add_(0, batch_of, weights).tolist()

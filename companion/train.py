@@ -1,65 +1,73 @@
 """The training loop (chapter 6): :func:`fit` and :func:`evaluate`.
 
-:func:`fit` is the loop the chapter grows step by step, written once::
+:func:`fit` is the loop the chapter grows step by step, written once. Each line below is a function of
+this module a reader can open beside the chapter::
 
     on_fit_start
-    for epoch in 1..epochs:
-        model.train(); on_train_epoch_start
-        for inputs, targets in train_loader:              # moved to `device`
-            loss = loss_fn(model(inputs), targets)          # under autocast for precision="bf16"/"16"
-            # must be finite, else NonFiniteLossError
-            (loss / k).backward()                           # k = accumulate_grad_batches
-            every k batches:
-                on_before_optimizer_step                    # the gradients are final here
-                clip_grad_norm_(params, gradient_clip_val)  # if asked
-                optimizer.step(); optimizer.zero_grad()
-                scheduler.step()                            # if it steps per batch
-            on_train_batch_end(loss)
-        metrics = evaluate(model, val_loader, loss_fn)      # eval mode, under torch.inference_mode
-        on_validation_epoch_end; on_train_epoch_end         # a callback may set state.should_stop
-    on_fit_end
+    for epoch in 1..epochs:                                 # _fit_epochs
+        _train_epoch: model.train(); on_train_epoch_start
+            for inputs, targets in train_loader:            # moved to `device`
+                _forward_backward:
+                    loss = loss_fn(model(inputs), targets)  # under autocast for precision="bf16"/"16"
+                    # must be finite, else NonFiniteLossError
+                    (loss / k).backward()                   # k = accumulate_grad_batches
+                every k batches, _optimizer_step:
+                    on_before_optimizer_step                # the gradients are final here
+                    clip_grad_norm_(params, gradient_clip_val)  # if asked
+                    optimizer.step()
+                    scheduler.step()                        # if it steps per optimizer step
+                on_train_batch_end(loss)
+        _end_epoch:
+            metrics = evaluate(model, val_loader, loss_fn)  # eval mode, under torch.inference_mode
+            scheduler.step()                                # if it steps per epoch
+            on_validation_epoch_end; on_train_epoch_end     # a callback may set state.should_stop
+    on_fit_end                                              # on an error: on_exception instead
 
 The epoch's loss is the mean over *samples* (see :mod:`companion.metrics`). The callbacks and their
 hooks are in :mod:`companion.callbacks`, checkpoint files in :mod:`companion.checkpoint`, the
 :class:`~companion.history.History` in :mod:`companion.history`; imports run one way,
-``train -> callbacks -> checkpoint -> history``, and each may use :mod:`companion.distributed`.
+``train -> callbacks -> checkpoint -> history``.
 
-Under ``torchrun`` (chapter 10), with the process group initialized, the same call trains with
-``DistributedDataParallel``: see :func:`fit`'s "Under DDP".
+Where one process and several differ, the loop calls a :class:`~companion.strategy.Strategy`
+(:mod:`companion.strategy`): under ``torchrun`` (chapter 10), with the process group initialized, the
+same call trains with ``DistributedDataParallel``: see :func:`fit`'s "Under DDP".
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from companion.callbacks import Checkpoint, FitState, check_callbacks, hook_callers, run_order
 from companion.checkpoint import SavedCheckpoint, read_checkpoint
-from companion.distributed import (
-    any_rank,
-    broadcast,
-    check_fit_setup,
-    distributed_sampler,
-    gather_meter,
-    is_distributed,
-    is_main_process,
-    repeats_in_last_batch,
-    set_epoch,
-    unwrap,
-    wrap,
-)
+from companion.checks import check_bool, check_callable, is_int, is_number
 from companion.history import History
-from companion.losses import check_same_shape, is_class_loss, loss_option
-from companion.metrics import EpochMeter, Metric
+from companion.losses import (
+    check_same_shape,
+    cross_entropy,
+    hinge_embedding_loss,
+    huber_loss,
+    l1_loss,
+    loss_option,
+    mse_loss,
+    multi_margin_loss,
+    smooth_l1_loss,
+)
+from companion.metrics import IGNORE_INDEX, EpochMeter, Metric
+from companion.strategy import Strategy, current_strategy
+from companion.wrappers import unwrap_distributed
 
 with warnings.catch_warnings():
     # Without ipywidgets, tqdm.auto warns once and falls back to the text bar on stderr, which is
@@ -88,6 +96,38 @@ PRECISIONS: dict[str, torch.dtype | None] = {
     "16-mixed": torch.float16,
     "fp16": torch.float16,
 }
+PRECISION_NAMES = {None: "32", torch.bfloat16: "bf16", torch.float16: "16"}  # one name per dtype
+_NO_CONTEXT = contextlib.nullcontext()
+
+# The losses whose needs the check knows (those the book teaches): class scores against class labels,
+# or an element-wise comparison of two tensors of one shape. Any other loss is called as it is.
+CLASS_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.MultiMarginLoss)
+CLASS_LOSS_FUNCTIONS = (F.cross_entropy, F.nll_loss, F.multi_margin_loss, cross_entropy, multi_margin_loss)
+ELEMENTWISE_LOSSES = (
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCEWithLogitsLoss,
+    nn.BCELoss,
+    nn.HingeEmbeddingLoss,
+    nn.SoftMarginLoss,
+)
+ELEMENTWISE_LOSS_FUNCTIONS = (
+    F.mse_loss,
+    F.l1_loss,
+    F.smooth_l1_loss,
+    F.huber_loss,
+    F.binary_cross_entropy_with_logits,
+    F.binary_cross_entropy,
+    F.hinge_embedding_loss,
+    F.soft_margin_loss,
+    mse_loss,
+    l1_loss,
+    smooth_l1_loss,
+    huber_loss,
+    hinge_embedding_loss,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -120,6 +160,27 @@ class NonFiniteLossError(FloatingPointError):
         return (type(self), (self.value, self.epoch, self.step, self.steps, self.checked_each_step))
 
 
+# --- does the output fit the targets? --------------------------------------------------------------
+
+
+def _loss_kind(loss_fn: Any) -> Literal["class", "elementwise", "unknown", "any"]:
+    """What ``loss_fn`` compares: class scores with labels, two tensors of one shape, something else
+    (a loss of the user's, or a subclass with its own ``forward``), or ``"any"`` when it is not given."""
+    if loss_fn is None:
+        return "any"
+    while isinstance(loss_fn, functools.partial):
+        loss_fn = loss_fn.func
+    for kind, modules, functions in (
+        ("class", CLASS_LOSSES, CLASS_LOSS_FUNCTIONS),
+        ("elementwise", ELEMENTWISE_LOSSES, ELEMENTWISE_LOSS_FUNCTIONS),
+    ):
+        if any(isinstance(loss_fn, m) and type(loss_fn).forward is m.forward for m in modules):
+            return kind  # type: ignore[return-value]
+        if any(loss_fn is f for f in functions):
+            return kind  # type: ignore[return-value]
+    return "unknown"
+
+
 def _whole_numbers(target: torch.Tensor) -> bool:
     return bool((target == target.round()).all()) if target.numel() else False
 
@@ -127,17 +188,29 @@ def _whole_numbers(target: torch.Tensor) -> bool:
 def check_output_fits(output: Any, target: Any, loss_fn: Any = None) -> None:
     """Raise ``ValueError`` when a model's output and the targets cannot be what the loss expects.
 
-    - float targets (regression, probabilities): the output must have the target's shape exactly.
-      ``(n, 1)`` against ``(n,)`` broadcasts to ``(n, n)`` in an element-wise loss: every prediction
-      compared with every target, a silent bug. Float targets with one dimension less than class
-      scores are class labels stored as floats (for a class loss ``loss_fn``, or when they are whole
-      numbers): pass ``targets.long()``.
-    - integer targets are class indices: the output must be scores ``(n, C, ...)`` for targets
-      ``(n, ...)``, with every label ``< C``.
+    What is checked depends on the loss; a loss not listed here (a function of your own, a lambda, a
+    subclass with its own ``forward``) is left alone, whatever the shapes, since only it knows what it
+    needs (a language model's ``(B, T, V)`` scores that it flattens, quantiles ``(n, 3)`` for targets
+    ``(n, 1)``):
 
-    Anything that is not a pair of tensors is left alone. Costs one device sync (the largest label).
+    - an element-wise loss (``MSELoss``, ``L1Loss``, ``SmoothL1Loss``, ``HuberLoss``, ``BCEWithLogitsLoss``,
+      ``BCELoss``, ``HingeEmbeddingLoss``, ``SoftMarginLoss``, as modules or functions): the output
+      must have the target's shape exactly. ``(n, 1)`` against ``(n,)`` broadcasts to ``(n, n)``:
+      every prediction compared with every target, a silent bug;
+    - a class loss (``CrossEntropyLoss``, ``NLLLoss``, ``MultiMarginLoss``): integer targets are class
+      labels, so the output must be scores ``(n, C, ...)`` for targets ``(n, ...)``, with every label in
+      ``0..C-1`` or equal to the loss's ``ignore_index`` (whatever its value: ``-100`` by default,
+      ``255`` for the void pixels of VOC and Cityscapes). Float targets are class probabilities, of the
+      output's shape; with one dimension less they are labels stored as floats: pass ``targets.long()``;
+    - ``loss_fn=None``: as for the loss the targets' type suggests (float targets as for an element-wise
+      loss, integer targets as for a class loss with ``ignore_index=-100``).
+
+    Anything that is not a pair of tensors is left alone. Costs one device sync (the labels' range).
     """
     if not (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor)):
+        return
+    kind = _loss_kind(loss_fn)
+    if kind == "unknown":
         return
     out, tgt = tuple(output.shape), tuple(target.shape)
     if output.ndim and target.ndim and out[0] != tgt[0]:
@@ -145,23 +218,40 @@ def check_output_fits(output: Any, target: Any, loss_fn: Any = None) -> None:
             f"the model output has shape {out} but the targets have shape {tgt}: {out[0]} outputs for "
             f"{tgt[0]} targets. Return one output per sample (the batch is the first dimension)."
         )
-    if target.is_floating_point() or target.is_complex():
-        if (
-            target.is_floating_point()
-            and output.ndim == target.ndim + 1
-            and output.ndim >= 2
-            and out[2:] == tgt[1:]
-            and (is_class_loss(loss_fn) or (out[1] >= 2 and _whole_numbers(target)))
-        ):
-            raise ValueError(
-                f"the targets are floats ({target.dtype}) of shape {tgt} for class scores of shape {out}: "
-                "class labels must be integers, so pass targets.long() (e.g. TensorDataset(inputs, "
-                f"labels.long())). Float targets of the scores' shape {out} would be class probabilities."
-            )
+    if kind == "elementwise":
         check_same_shape(output, target)
-        return
-    if target.dtype == torch.bool:
-        return
+    elif target.is_floating_point() or target.is_complex():
+        _check_float_targets(output, target, class_loss=kind == "class")
+    elif target.dtype != torch.bool:
+        ignore_index = IGNORE_INDEX if kind == "any" else loss_option(loss_fn, "ignore_index", None)
+        _check_class_labels(output, target, ignore_index)
+
+
+def _check_float_targets(output: torch.Tensor, target: torch.Tensor, class_loss: bool) -> None:
+    """Float targets: of the output's shape, unless they are class labels stored as floats."""
+    out, tgt = tuple(output.shape), tuple(target.shape)
+    if (
+        target.is_floating_point()
+        and output.ndim == target.ndim + 1
+        and output.ndim >= 2
+        and out[2:] == tgt[1:]
+        and (class_loss or (out[1] >= 2 and _whole_numbers(target)))
+    ):
+        raise ValueError(
+            f"the targets are floats ({target.dtype}) of shape {tgt} for class scores of shape {out}: "
+            "class labels must be integers, so pass targets.long() (e.g. TensorDataset(inputs, "
+            f"labels.long())). Float targets of the scores' shape {out} would be class probabilities."
+        )
+    check_same_shape(output, target)
+
+
+def _shape(dims: Sequence[Any]) -> str:
+    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _check_class_labels(output: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
+    """Integer targets: labels ``(n, *rest)`` in ``0..C-1`` (or ``ignore_index``) for scores ``(n, C, *rest)``."""
+    out, tgt = tuple(output.shape), tuple(target.shape)
     if output.ndim != target.ndim + 1:
         if target.ndim == output.ndim and target.ndim >= 2 and tgt[1] == 1:
             hint = f"class labels have one dimension less than the scores: pass targets.squeeze(1) (shape {tgt[:1] + tgt[2:]})"
@@ -174,25 +264,43 @@ def check_output_fits(output: Any, target: Any, loss_fn: Any = None) -> None:
             f"integer targets are class labels, but the model output has shape {out} for targets of shape {tgt}: {hint}."
         )
     if out[2:] != tgt[1:]:
-        raise ValueError(
-            f"the model output has shape {out} but the targets have shape {tgt}: "
-            f"scores (n, C, *rest) need labels (n, *rest), so pass targets of shape {out[:1] + out[2:]}."
-        )
-    labels = target[target >= 0]  # negative labels are CrossEntropyLoss's ignore_index
-    largest = int(labels.max()) if labels.numel() else -1
+        if output.ndim >= 3 and out[1:-1] == tgt[1:]:  # (n, *rest, C): the classes come last
+            fix = (
+                f"the class scores must be dimension 1, (n, C, *rest), but these have them last: return "
+                f"output.movedim(-1, 1) from the model (shape {_shape(out[:1] + out[-1:] + out[1:-1])}), or "
+                "flatten both in a loss of your own, e.g. lambda output, targets: "
+                "F.cross_entropy(output.flatten(0, -2), targets.flatten()), which fit calls as it is"
+            )
+        else:
+            fix = (
+                f"scores (n, C, *rest) need labels (n, *rest): these scores need targets of shape "
+                f"{_shape(out[:1] + out[2:])}, and these targets scores of shape {_shape(tgt[:1] + ('C',) + tgt[1:])}"
+            )
+        raise ValueError(f"the model output has shape {out} but the targets have shape {tgt}: {fix}.")
+    labels = target if ignore_index is None else target[target != ignore_index]
+    if labels.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(labels))
     classes = out[1]
-    if largest >= classes:
+    if high >= classes:
         raise ValueError(
-            f"the model outputs {classes} class scores per sample (shape {out}) but the targets hold label {largest}: "
-            f"the last layer must output at least {largest + 1} scores, e.g. nn.Linear(..., {largest + 1})."
+            f"the model outputs {classes} class scores per sample (shape {out}) but the targets hold label {high}: "
+            f"the last layer must output at least {high + 1} scores, e.g. nn.Linear(..., {high + 1})."
+        )
+    if low < 0:
+        skipped = "no label" if ignore_index is None else f"the label {ignore_index}"
+        raise ValueError(
+            f"the targets hold label {low}, but class labels run from 0 to {classes - 1} and this loss "
+            f"skips {skipped} (its ignore_index): pass labels in 0..{classes - 1}, or give the loss the "
+            f"label that marks what to skip, e.g. nn.CrossEntropyLoss(ignore_index={low})."
         )
 
 
 # --- argument checks ---------------------------------------------------------------------------------
 
 
-def _check_epochs(epochs: Any) -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
+def _check_epochs(epochs: Any) -> int:
+    if not is_int(epochs):
         raise TypeError(
             f"epochs must be an int, the number of passes over train_loader, got {epochs!r} "
             f"({type(epochs).__name__}); pass e.g. epochs=10"
@@ -201,6 +309,7 @@ def _check_epochs(epochs: Any) -> None:
         raise ValueError(
             f"epochs must be at least 1, got {epochs}; pass the number of passes over train_loader, e.g. epochs=10"
         )
+    return int(epochs)
 
 
 def _check_loader(loader: Any, name: str) -> int | None:
@@ -210,15 +319,15 @@ def _check_loader(loader: Any, name: str) -> int | None:
             f"{name} must be an iterable of (inputs, targets) batches, e.g. a DataLoader; got {type(loader).__name__}"
         )
     try:
-        steps = len(loader)  # type: ignore[arg-type]
+        batches = len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
-    if steps == 0:
+    if batches == 0:
         raise ValueError(
             f"{name} is empty, it yields no batches: pass a DataLoader over a dataset with at least one "
             "sample (with drop_last=True, at least batch_size samples)"
         )
-    return steps
+    return batches
 
 
 def _check_loss_fn(loss_fn: Any) -> None:
@@ -248,7 +357,7 @@ def _check_optimizer(optimizer: Any, model: nn.Module) -> list[torch.Tensor]:
 def _check_clip(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    if not is_number(value) or not 0 < value < math.inf:
         raise ValueError(
             f"gradient_clip_val must be a positive number, the largest gradient norm allowed, got {value!r}; "
             "pass e.g. gradient_clip_val=1.0, or None not to clip"
@@ -257,12 +366,12 @@ def _check_clip(value: Any) -> float | None:
 
 
 def _check_accumulate(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(
             f"accumulate_grad_batches must be a positive int (batches per optimizer step), got {k!r}; "
             "pass e.g. 4 to step once every 4 batches, or 1 not to accumulate"
         )
-    return k
+    return int(k)
 
 
 def _check_metrics(metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
@@ -273,10 +382,7 @@ def _check_metrics(metrics: Mapping[str, Metric] | None) -> dict[str, Metric]:
                 f"metric names must be strings other than 'loss' and 'accuracy' (which fit records itself), "
                 f"got {name!r}"
             )
-        if not callable(metric):
-            raise TypeError(
-                f"metric {name!r} must be callable as metric(output, targets), got {type(metric).__name__}"
-            )
+        check_callable(metric, f"metric {name!r}", what="callable as metric(output, targets)")
     return metrics
 
 
@@ -294,6 +400,11 @@ def _autocast_dtype(precision: Any, device: torch.device) -> torch.dtype | None:
             "pass precision='bf16' (bfloat16 autocast, which needs no scaler) or train on a GPU"
         )
     return dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """The context of a forward pass: autocast to ``dtype``, or nothing at all for float32."""
+    return _NO_CONTEXT if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _split(batch: Any, name: str) -> tuple[Any, Any]:
@@ -375,6 +486,7 @@ def evaluate(
     device: torch.device | str | None = None,
     metrics: Mapping[str, Metric] | None = None,
     precision: str = "32",
+    check_output: bool = True,
 ) -> dict[str, float]:
     """The model's mean loss (and accuracy, for class scores) over every sample of ``loader``.
 
@@ -382,7 +494,8 @@ def evaluate(
     ``torch.inference_mode()`` (no graph is recorded), then puts the model back in the mode it
     was in. The loss is weighted by batch size, :math:`L = \\sum_b n_b \\ell_b / \\sum_b n_b`, and
     accuracy is :math:`\\sum_i [\\arg\\max_c \\hat y_{ic} = y_i] / N`, over the labels that are not the
-    loss's ``ignore_index`` (see :mod:`companion.metrics`).
+    loss's ``ignore_index`` (see :mod:`companion.metrics`). ``check_output=False`` skips
+    :func:`check_output_fits` on the first batch.
 
     Under DDP (an initialized process group), a ``DistributedDataParallel`` model is measured through
     its module, so a rank runs no collective per batch. A ``loader`` with a ``DistributedSampler`` gives
@@ -395,15 +508,16 @@ def evaluate(
         ``{"loss": L}``, plus ``"accuracy"`` when the output is ``(n, C)`` scores for integer labels
         ``(n,)``, plus one entry per user metric.
     """
-    steps = _check_loader(loader, "loader")
+    batches = _check_loader(loader, "loader")
     _check_loss_fn(loss_fn)
     metrics = _check_metrics(metrics)
+    check_output = check_bool(check_output, "check_output")
     device = _resolve_device(model, device)
     autocast = _autocast_dtype(precision, device)
-    net = unwrap(model)  # DDP's own forward would broadcast buffers: a collective per batch
-    sharded = is_distributed() and distributed_sampler(loader) is not None
-    repeats = repeats_in_last_batch(loader) if sharded and steps else 0
-    last = steps - 1 if repeats and steps else -1
+    strategy = current_strategy()
+    net = unwrap_distributed(model)  # DDP's own forward would broadcast buffers: a collective per batch
+    repeats = strategy.repeats(loader) if batches else 0
+    last = batches - 1 if repeats and batches else -1
     meter = EpochMeter(loss_fn, metrics)
     was_training = net.training
     net.eval()
@@ -416,9 +530,9 @@ def evaluate(
                     inputs, targets = inputs[:-repeats], targets[:-repeats]
                     if len(targets) == 0:
                         continue
-                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                with _autocast(device, autocast):
                     output = net(inputs)
-                    if meter.classifying is None:
+                    if meter.classifying is None and check_output:
                         check_output_fits(output, targets, loss_fn)
                     loss = loss_fn(output, targets)
                 if meter.classifying is None:
@@ -426,8 +540,7 @@ def evaluate(
                 meter.update(loss, output, targets)
     finally:
         net.train(was_training)
-    if sharded:
-        meter = gather_meter(meter)
+    meter = strategy.reduce(meter, loader)
     if meter.count == 0:
         raise ValueError("loader yielded no samples: pass a loader over at least one sample")
     return meter.compute()
@@ -454,6 +567,7 @@ def fit(
     precision: str = "32",
     progress: bool = True,
     resume_from: str | os.PathLike | None = None,
+    check_output: bool = True,
 ) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``; return the per-epoch :class:`History`.
 
@@ -481,22 +595,31 @@ def fit(
             divided by ``k`` (for a mean loss): with ``k`` batches of ``b`` samples the step is the one
             a batch of ``k * b`` samples would take (batch norm aside, which sees ``b`` at a time). A
             per-step scheduler counts optimizer steps: build it with ``ceil(len(train_loader) / k)``
-            steps per epoch.
+            steps per epoch. An epoch's last group may be shorter, ``g < k`` batches: its losses are
+            divided by ``g`` (for a loader without a length, which cannot know ``g`` in advance, the
+            gradients are scaled by ``k / g`` before that step, the same step up to rounding).
         precision: ``"32"`` (float32, the default); ``"bf16"`` (forward pass and loss under
             ``torch.autocast`` in bfloat16, on a CPU or a GPU); ``"16"`` (float16 autocast, with a
             ``torch.amp.GradScaler`` against underflow; CUDA only). Lightning's names
-            (``"bf16-mixed"``, ``"16-mixed"``) work too.
+            (``"bf16-mixed"``, ``"16-mixed"``) work too. A step the scaler skips (its gradients
+            overflowed; it lowers the scale and tries again) changes no weight, so it counts neither
+            in ``state.global_step`` nor for a per-step scheduler.
         progress: a tqdm bar on stderr (a text bar in a notebook without ipywidgets).
         resume_from: a checkpoint written by :class:`companion.callbacks.Checkpoint`. It is checked
-            against the model, optimizer, scheduler, callbacks and loader first: a mismatch raises
+            against the model, optimizer, scheduler, callbacks and loader, and against the settings
+            that shape each step (``accumulate_grad_batches``, ``gradient_clip_val``, ``precision``,
+            which the checkpoint records), first: a mismatch raises
             :class:`companion.checkpoint.CheckpointError` and changes nothing. Then it restores all of
             them, the history and every random number generator, including the ``generator`` of
             ``train_loader`` that draws its shuffle, so the resumed run ends with the same weights as
             an uninterrupted one (bit for bit on a CPU; a loader with ``persistent_workers=True``
             cannot promise that and is refused). A run that had finished, or that a callback stopped,
             trains no further. Build everything as for the first run, then resume.
+        check_output: ``False`` skips :func:`check_output_fits` on the first batch (of training and
+            of each validation), for a set-up it refuses although the loss accepts it. Losses it does
+            not know are never checked.
 
-    Under DDP: launched by ``torchrun`` with the process group initialized (chapter 10), every rank
+    Under DDP (:class:`~companion.strategy.DDPStrategy`): launched by ``torchrun`` with the process group initialized (chapter 10), every rank
     calls ``fit`` alike and it:
 
     - checks on all ranks at once that ``train_loader`` has a ``DistributedSampler`` for this rank,
@@ -519,7 +642,9 @@ def fit(
 
     Returns:
         The :class:`History`, all epochs (those before the checkpoint included). The model is left
-        in eval mode, ready to predict.
+        in eval mode, ready to predict. On any error once training has begun (a
+        ``KeyboardInterrupt`` too) the callbacks' ``on_exception(state, error)`` run instead of
+        ``on_fit_end``, then the model is left in eval mode with no gradients, and the error is raised.
 
     Raises:
         NonFiniteLossError: the loss became nan/inf. On a CPU every step is checked, before the
@@ -528,8 +653,8 @@ def fit(
         ValueError, TypeError: bad arguments, an empty loader, an output that does not fit the
             targets (see :func:`check_output_fits`), each with what to pass instead.
     """
-    _check_epochs(epochs)
-    steps = _check_loader(train_loader, "train_loader")
+    epochs = _check_epochs(epochs)
+    batches = _check_loader(train_loader, "train_loader")
     if val_loader is not None:
         _check_loader(val_loader, "val_loader")
     _check_loss_fn(loss_fn)
@@ -539,193 +664,289 @@ def fit(
     clip = _check_clip(gradient_clip_val)
     k = _check_accumulate(accumulate_grad_batches)
     interval = _scheduler_interval(scheduler, scheduler_interval)
+    check_output = check_bool(check_output, "check_output")
     target = _target_device(model, device)
     autocast = _autocast_dtype(precision, target)
     scaler = torch.amp.GradScaler(target.type) if autocast == torch.float16 else None
-    distributed = is_distributed()
-    if distributed:  # a collective: every rank gets here, or learns at once why another did not
-        check_fit_setup(train_loader, steps, "train_loader", target)
+    strategy = current_strategy()
+    strategy.setup(train_loader, batches, target)  # under DDP every rank learns here why another cannot train
 
-    saved: SavedCheckpoint | None = None
-    if resume_from is not None:
-        saved = read_checkpoint(resume_from)
-        if saved.epoch > epochs:
-            raise ValueError(
-                f"the checkpoint {saved.path} holds {saved.epoch} epochs, more than epochs={epochs}: pass "
-                f"epochs={saved.epoch} or more (the total, not the epochs still to run)"
-            )
-        resume = dict(
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            train_loader=train_loader,
-            callbacks=callbacks,
+    state = FitState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=epochs,
+        device=target,
+        history=History(),
+        callbacks=callbacks,
+        train_loader=train_loader,
+        scaler=scaler,
+        accumulate_grad_batches=k,
+        gradient_clip_val=clip,
+        precision=PRECISION_NAMES[autocast],
+    )
+    saved = _read_resume(resume_from, state)  # checked before anything changes
+    _resolve_device(model, device)
+    loop = _Loop(
+        state=state,
+        strategy=strategy,
+        net=model,
+        val_loader=val_loader,
+        loss_fn=loss_fn,
+        metrics=metrics,
+        batches=batches,
+        divide=k > 1 and loss_option(loss_fn, "reduction", "mean") != "sum",
+        params=params,
+        autocast=autocast,
+        precision=precision,
+        scheduler_interval=interval,
+        check_output=check_output,
+        check_each_step=_checks_each_step(target),
+        move=target != torch.device("cpu"),  # a batch on the CPU needs no .to() when training there
+        hooks=_Hooks.of(callbacks),
+    )
+    try:
+        _fit_epochs(loop, saved, progress)
+        for hook in loop.hooks.fit_end:
+            hook(state)
+    except BaseException as error:  # a KeyboardInterrupt too: leave the model usable in a notebook
+        _after_exception(loop, error)
+        raise
+    model.eval()
+    return state.history
+
+
+@dataclass(eq=False)
+class _Hooks:
+    """Each hook's bound methods, of the callbacks that implement it (an empty list costs nothing per batch)."""
+
+    fit_start: list[Callable[..., Any]]
+    train_epoch_start: list[Callable[..., Any]]
+    before_optimizer_step: list[Callable[..., Any]]
+    train_batch_end: list[Callable[..., Any]]
+    validation_epoch_end: list[Callable[..., Any]]
+    train_epoch_end: list[Callable[..., Any]]  # every callback but the checkpoints
+    saving: list[Callable[..., Any]]  # the checkpoints' on_train_epoch_end, run last
+    exception: list[Callable[..., Any]]
+    fit_end: list[Callable[..., Any]]
+
+    @classmethod
+    def of(cls, callbacks: Sequence[Any]) -> _Hooks:
+        others = [c for c in callbacks if not isinstance(c, Checkpoint)]
+        checkpoints = [c for c in callbacks if isinstance(c, Checkpoint)]
+        return cls(
+            fit_start=hook_callers(callbacks, "on_fit_start"),
+            train_epoch_start=hook_callers(callbacks, "on_train_epoch_start"),
+            before_optimizer_step=hook_callers(callbacks, "on_before_optimizer_step"),
+            train_batch_end=hook_callers(callbacks, "on_train_batch_end"),
+            validation_epoch_end=hook_callers(callbacks, "on_validation_epoch_end"),
+            train_epoch_end=hook_callers(others, "on_train_epoch_end"),
+            saving=hook_callers(checkpoints, "on_train_epoch_end"),
+            exception=hook_callers(callbacks, "on_exception"),
+            fit_end=hook_callers(callbacks, "on_fit_end"),
         )
-        saved.check(**resume)  # before anything changes: a refused resume leaves everything as it was
-    device = _resolve_device(model, device)
 
-    state = FitState(model, optimizer, scheduler, epochs, device, History(), callbacks, train_loader, scaler)
-    if saved is not None:
-        state.history, state.epoch = saved.history, saved.epoch
-    for hook in hook_callers(callbacks, "on_fit_start"):
+
+@dataclass(eq=False)
+class _Loop:
+    """What :func:`fit` checked and built before the first epoch: everything an epoch and a step read.
+
+    The counters a callback may read are in ``state`` (:class:`~companion.callbacks.FitState`): the
+    epoch, ``global_step`` (optimizer steps taken), ``accumulate_grad_batches`` (``k``, batches per step).
+    """
+
+    state: FitState
+    strategy: Strategy
+    net: nn.Module  # what the training batches go through: the model, in DistributedDataParallel under DDP
+    val_loader: Iterable | None
+    loss_fn: LossFn
+    metrics: dict[str, Metric]
+    batches: int | None  # batches per epoch; None for a loader without a length
+    divide: bool  # a mean loss accumulated over several batches: divide each by its group's size
+    params: list[torch.Tensor]  # the optimizer's
+    autocast: torch.dtype | None  # the forward pass's dtype under autocast; None: float32, no autocast
+    precision: str  # as the caller named it, for evaluate
+    scheduler_interval: str | None  # "step", "epoch" or None (no scheduler)
+    check_output: bool
+    check_each_step: bool  # read each loss as it comes (a CPU), or once per epoch (an accelerator)
+    move: bool  # batches go to another device
+    hooks: _Hooks
+    bar: Any = None  # the progress bar, on rank 0 when asked
+    checked: bool = False  # the first batch's output and loss have been checked
+
+
+def _read_resume(path: str | os.PathLike | None, state: FitState) -> SavedCheckpoint | None:
+    """The checkpoint to resume from, checked against everything it would be loaded into (nothing changes)."""
+    if path is None:
+        return None
+    saved = read_checkpoint(path)
+    if saved.epoch > state.epochs:
+        raise ValueError(
+            f"the checkpoint {saved.path} holds {saved.epoch} epochs, more than epochs={state.epochs}: pass "
+            f"epochs={saved.epoch} or more (the total, not the epochs still to run)"
+        )
+    saved.check(**_restored_by_resume(state), fit_settings=state.fit_settings())
+    state.history, state.epoch = saved.history, saved.epoch
+    return saved
+
+
+def _restored_by_resume(state: FitState) -> dict[str, Any]:
+    return dict(
+        model=state.model,
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
+        scaler=state.scaler,
+        train_loader=state.train_loader,
+        callbacks=state.callbacks,
+    )
+
+
+def _fit_epochs(loop: _Loop, saved: SavedCheckpoint | None, progress: bool) -> None:
+    """``on_fit_start``, the checkpoint restored, the model wrapped, then every epoch left to train."""
+    state = loop.state
+    for hook in loop.hooks.fit_start:
         hook(state)
     if saved is not None:
-        saved.restore(**resume)
+        saved.restore(**_restored_by_resume(state))
         state.global_step, state.should_stop = saved.global_step, saved.stopped
-    net = wrap(model, device) if distributed else model  # what the batches go through
-    no_sync = net.no_sync if distributed and k > 1 else None
-    bare = unwrap(model)  # what validation measures: no collective per batch
-    repeats = repeats_in_last_batch(train_loader) if distributed else 0
-    last = steps - 1 if repeats and steps else -1  # the batch that ends with a sampler's repeat
-
-    epoch_start = hook_callers(callbacks, "on_train_epoch_start")
-    before_step = hook_callers(callbacks, "on_before_optimizer_step")
-    batch_end = hook_callers(callbacks, "on_train_batch_end")
-    validation_end = hook_callers(callbacks, "on_validation_epoch_end")
-    # the checkpoints (run last) save only once every rank knows whether training stops here
-    epoch_end = hook_callers([c for c in callbacks if not isinstance(c, Checkpoint)], "on_train_epoch_end")
-    saving = hook_callers([c for c in callbacks if isinstance(c, Checkpoint)], "on_train_epoch_end")
-    check_each_step = _checks_each_step(device)
-    move = device != torch.device("cpu")  # a batch on the CPU needs no .to() when training there
-    divide = k > 1 and loss_option(loss_fn, "reduction", "mean") != "sum"
-    checked = False
-    first = state.epoch + 1
-    bar = (
-        tqdm(
-            total=epochs * steps if steps else None,
-            initial=state.epoch * steps if steps else 0,
+    loop.net = loop.strategy.wrap_model(state.model, state.device)
+    if progress and loop.strategy.is_global_zero:
+        loop.bar = tqdm(
+            total=state.epochs * loop.batches if loop.batches else None,
+            initial=state.epoch * loop.batches if loop.batches else 0,
             unit="batch",
             mininterval=0.5,
             file=sys.stderr,
             dynamic_ncols=True,
         )
-        if progress and is_main_process()
-        else None
-    )
     try:
-        for epoch in range(first, epochs + 1):
+        for epoch in range(state.epoch + 1, state.epochs + 1):
             if state.should_stop:
                 break
             state.epoch = epoch
-            if bar is not None:
-                bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
+            if loop.bar is not None:
+                loop.bar.set_description(f"epoch {epoch}/{state.epochs}", refresh=False)
             started = time.perf_counter()
-            net.train()
-            set_epoch(train_loader, epoch - 1)  # a DistributedSampler shuffles each epoch anew
-            for hook in epoch_start:
-                hook(state)
-            meter = EpochMeter(loss_fn, metrics)
-            pending = False  # gradients accumulated since the last optimizer step
-            for batch_idx, batch in enumerate(train_loader):
-                inputs, targets = _split(batch, "train_loader")
-                if move:
-                    inputs, targets = _to(inputs, device), _to(targets, device)
-                step_now = k == 1 or (batch_idx + 1) % k == 0 or batch_idx + 1 == steps
-                # under DDP, a batch before the group's last accumulates without an all-reduce; the
-                # forward pass belongs inside no_sync() too, since DDP prepares the all-reduce there
-                with _NO_CONTEXT if step_now or no_sync is None else no_sync():
-                    if autocast is None:
-                        output = net(inputs)
-                        if not checked:
-                            check_output_fits(output, targets, loss_fn)
-                        loss = loss_fn(output, targets)
-                    else:
-                        with torch.autocast(device.type, dtype=autocast):
-                            output = net(inputs)
-                            if not checked:
-                                check_output_fits(output, targets, loss_fn)
-                            loss = loss_fn(output, targets)
-                    if not checked:
-                        _check_scalar(loss)
-                        checked = True
-                    if check_each_step:
-                        value = loss.item()
-                        if not math.isfinite(value):
-                            raise NonFiniteLossError(value, epoch, batch_idx + 1, steps)
-                    else:
-                        value = loss.detach()
-                    if k == 1:
-                        optimizer.zero_grad(set_to_none=True)
-                        scaled = loss
-                    else:
-                        if not pending:
-                            optimizer.zero_grad(set_to_none=True)
-                        # the batches of this group: k, or fewer in an epoch's last, shorter group
-                        group = k if steps is None or batch_idx // k < steps // k else steps % k
-                        scaled = loss / group if divide else loss
-                    if scaler is None:
-                        scaled.backward()
-                    else:
-                        scaler.scale(scaled).backward()
-                pending = not step_now
-                if step_now:
-                    _optimizer_step(state, params, before_step, clip, scaler)
-                    if interval == "step":
-                        scheduler.step()
-                if batch_idx == last:  # trained on, but the metrics count each sample once
-                    _update_without_repeats(meter, output, targets, loss_fn, repeats, check_each_step)
-                else:
-                    meter.update(value, output, targets)
-                for hook in batch_end:
-                    hook(state, value, batch_idx)
-                if bar is not None:
-                    bar.update()
-            if pending:  # a loader without a length ended in the middle of a group
-                _optimizer_step(state, params, before_step, clip, scaler)
-                if interval == "step":
-                    scheduler.step()
-            if meter.count == 0:
-                raise ValueError(
-                    "train_loader yielded no batches in this epoch: pass a loader that yields at least one batch per pass"
-                )
-            losses = meter.loss_values()  # one sync per epoch
-            if not check_each_step:
-                bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
-                if bad is not None:
-                    raise NonFiniteLossError(losses[bad], epoch, bad + 1, steps, checked_each_step=False)
-            row: dict[str, float] = {"epoch": epoch}
-            if distributed:  # every rank's batches: the metrics of the whole dataset
-                row.update({f"train_{name}": v for name, v in gather_meter(meter).compute().items()})
-            else:
-                row.update({f"train_{name}": v for name, v in meter.compute(losses).items()})
-            if val_loader is not None:
-                measured = evaluate(
-                    bare, val_loader, loss_fn, device=device, metrics=metrics, precision=precision
-                )
-                row.update({f"val_{name}": v for name, v in measured.items()})
-            row["lr"] = optimizer.param_groups[0]["lr"]
-            row["seconds"] = time.perf_counter() - started
-            if distributed:  # one history on every rank, so every callback decides alike
-                row = broadcast(row)
-            state.history.append(row)
-            if interval == "epoch":
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(row.get("val_loss", row["train_loss"]))
-                else:
-                    scheduler.step()
-            if bar is not None:
-                shown = {name: f"{v:.4g}" for name, v in row.items() if "loss" in name or "accuracy" in name}
-                bar.set_postfix(shown, refresh=False)
-            if val_loader is not None:
-                for hook in validation_end:
-                    hook(state)
-            for hook in epoch_end:  # every callback runs, also after one of them asked to stop
-                hook(state)
-            if distributed:  # a stop asked for on any rank stops them all, at this epoch
-                state.should_stop = any_rank(state.should_stop)
-            for hook in saving:
-                hook(state)
+            meter = _train_epoch(loop)
+            _end_epoch(loop, meter, started)
     finally:
-        if bar is not None:
-            bar.close()
-    for hook in hook_callers(callbacks, "on_fit_end"):
+        if loop.bar is not None:
+            loop.bar.close()
+
+
+def _train_epoch(loop: _Loop) -> EpochMeter:
+    """One pass over the training loader in train mode: a forward and a backward pass per batch, and
+    an optimizer step after each group of ``k`` batches (and after an epoch's last, shorter group)."""
+    state = loop.state
+    loop.net.train()
+    loop.strategy.start_epoch(state.train_loader, state.epoch)
+    for hook in loop.hooks.train_epoch_start:
         hook(state)
-    model.eval()
-    return state.history
+    meter = EpochMeter(loop.loss_fn, loop.metrics)
+    k = state.accumulate_grad_batches
+    repeats = loop.strategy.repeats(state.train_loader)  # a DistributedSampler's, at the end
+    last = loop.batches - 1 if repeats and loop.batches else -1  # the batch that ends with them
+    in_group = 0  # batches whose gradients wait for the next optimizer step
+    for batch_idx, batch in enumerate(state.train_loader):
+        inputs, targets = _split(batch, "train_loader")
+        if loop.move:
+            inputs, targets = _to(inputs, state.device), _to(targets, state.device)
+        in_group += 1
+        ends_group = in_group == k or batch_idx + 1 == loop.batches
+        # under DDP the batches before a group's last accumulate without an all-reduce
+        with loop.strategy.block_backward_sync(loop.net, not ends_group):
+            output, loss = _forward_backward(loop, inputs, targets, batch_idx, in_group)
+        if ends_group:
+            _optimizer_step(loop, in_group)
+            in_group = 0
+        if batch_idx == last:  # trained on, but the metrics count each sample once
+            _update_without_repeats(meter, output, targets, loop.loss_fn, repeats, loop.check_each_step)
+        else:
+            meter.update(loss, output, targets)
+        for hook in loop.hooks.train_batch_end:
+            hook(state, loss, batch_idx)
+        if loop.bar is not None:
+            loop.bar.update()
+    if in_group:  # a loader without a length ended in the middle of a group
+        _optimizer_step(loop, in_group)
+    return meter
 
 
-_NO_CONTEXT = contextlib.nullcontext()
+def _forward_backward(
+    loop: _Loop, inputs: Any, targets: Any, batch_idx: int, in_group: int
+) -> tuple[Any, torch.Tensor | float]:
+    """The batch's output and loss (checked on the first batch, and for nan/inf), then its backward pass.
+
+    Returns the output and the loss as the metrics record it: a float when each step is checked, else
+    a detached tensor. The gradients are those of ``loss / g``, ``g`` the size of the batch's group,
+    for a mean loss accumulated over several batches (:func:`_group_size`).
+    """
+    state = loop.state
+    with _autocast(state.device, loop.autocast):
+        output = loop.net(inputs)
+        if not loop.checked and loop.check_output:
+            check_output_fits(output, targets, loop.loss_fn)
+        loss = loop.loss_fn(output, targets)
+    if not loop.checked:
+        _check_scalar(loss)
+        loop.checked = True
+    if loop.check_each_step:
+        value: torch.Tensor | float = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(value, state.epoch, batch_idx + 1, loop.batches)
+    else:
+        value = loss.detach()
+    if in_group == 1:  # the first batch of a group: the last step's gradients go
+        state.optimizer.zero_grad(set_to_none=True)
+    if loop.divide:
+        loss = loss / _group_size(batch_idx, state.accumulate_grad_batches, loop.batches)
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    return output, value
+
+
+def _group_size(batch_idx: int, k: int, batches: int | None) -> int:
+    """The number of batches in the group of batch ``batch_idx``: ``k``, or fewer in an epoch's last group.
+
+    A loader without a length cannot say in advance: ``k``, and :func:`_optimizer_step` rescales a
+    shorter last group's gradients."""
+    if batches is None:
+        return k
+    return min(k, batches - batch_idx // k * k)
+
+
+def _optimizer_step(loop: _Loop, in_group: int) -> None:
+    """One optimizer step on the gradients of ``in_group`` batches: hooks, clipping, the step, the scheduler.
+
+    Under ``precision="16"`` the gradients are unscaled first, so the hooks and the clipping see the
+    true ones; a step the ``GradScaler`` skips (inf/nan gradients: it lowers its scale and changes no
+    weight) counts neither in ``global_step`` nor for a per-step scheduler.
+    """
+    state = loop.state
+    k, scaler = state.accumulate_grad_batches, state.scaler
+    if scaler is not None:
+        scaler.unscale_(state.optimizer)
+    if loop.divide and loop.batches is None and in_group < k:  # each loss was divided by k, not in_group
+        for p in loop.params:
+            if p.grad is not None:
+                p.grad.mul_(k / in_group)
+    for hook in loop.hooks.before_optimizer_step:
+        hook(state)
+    if state.gradient_clip_val is not None:
+        torch.nn.utils.clip_grad_norm_(loop.params, state.gradient_clip_val)
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.step(state.optimizer)
+        scaler.update()
+        if scaler.get_scale() < scale:  # the scaler found inf/nan gradients and skipped the step
+            return
+    else:
+        state.optimizer.step()
+    state.global_step += 1
+    if loop.scheduler_interval == "step":
+        state.scheduler.step()
 
 
 def _update_without_repeats(
@@ -740,23 +961,70 @@ def _update_without_repeats(
     meter.update(loss.item() if as_float else loss, output, targets)
 
 
-def _optimizer_step(
-    state: FitState,
-    params: list[torch.Tensor],
-    before_step: list[Any],
-    clip: float | None,
-    scaler: Any,
-) -> None:
-    """One optimizer step on the accumulated gradients: hooks, clipping, step (through the scaler)."""
-    if scaler is not None:
-        scaler.unscale_(state.optimizer)  # the hooks and the clipping see the true gradients
-    for hook in before_step:
+def _end_epoch(loop: _Loop, meter: EpochMeter, started: float) -> None:
+    """The end of an epoch: its row of metrics (validation's too) in the history, the scheduler's
+    per-epoch step, then the hooks; under DDP every rank gets rank 0's row and one decision to stop."""
+    state = loop.state
+    row = _epoch_row(loop, meter, started)
+    state.history.append(row)
+    if loop.scheduler_interval == "epoch":
+        if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            state.scheduler.step(row.get("val_loss", row["train_loss"]))
+        else:
+            state.scheduler.step()
+    if loop.bar is not None:
+        shown = {name: f"{v:.4g}" for name, v in row.items() if "loss" in name or "accuracy" in name}
+        loop.bar.set_postfix(shown, refresh=False)
+    if loop.val_loader is not None:
+        for hook in loop.hooks.validation_epoch_end:
+            hook(state)
+    for hook in loop.hooks.train_epoch_end:  # every callback runs, also after one of them asked to stop
         hook(state)
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-    if scaler is not None:
-        scaler.step(state.optimizer)
-        scaler.update()
-    else:
-        state.optimizer.step()
-    state.global_step += 1
+    state.should_stop = loop.strategy.any_rank(state.should_stop)  # a stop on any rank stops them all
+    for hook in loop.hooks.saving:
+        hook(state)
+
+
+def _epoch_row(loop: _Loop, meter: EpochMeter, started: float) -> dict[str, float]:
+    """The epoch's metrics: ``train_`` (over every rank), ``val_`` (:func:`evaluate`), ``lr``, ``seconds``."""
+    state = loop.state
+    if meter.count == 0:
+        raise ValueError(
+            "train_loader yielded no batches in this epoch: pass a loader that yields at least one batch per pass"
+        )
+    losses = meter.loss_values()  # one sync per epoch
+    if not loop.check_each_step:
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise NonFiniteLossError(losses[bad], state.epoch, bad + 1, loop.batches, checked_each_step=False)
+    reduced = loop.strategy.reduce(meter, state.train_loader)
+    measured = reduced.compute(losses) if reduced is meter else reduced.compute()
+    row: dict[str, float] = {"epoch": state.epoch}
+    row.update({f"train_{name}": v for name, v in measured.items()})
+    if loop.val_loader is not None:
+        validation = evaluate(
+            unwrap_distributed(state.model),  # no collective per batch
+            loop.val_loader,
+            loop.loss_fn,
+            device=state.device,
+            metrics=loop.metrics,
+            precision=loop.precision,
+            check_output=loop.check_output,
+        )
+        row.update({f"val_{name}": v for name, v in validation.items()})
+    row["lr"] = state.optimizer.param_groups[0]["lr"]
+    row["seconds"] = time.perf_counter() - started
+    return loop.strategy.broadcast(row)  # one history on every rank, so every callback decides alike
+
+
+def _after_exception(loop: _Loop, error: BaseException) -> None:
+    """An error (or an interrupt) stopped training: the ``on_exception`` hooks see the state as it was,
+    then the model is left as :func:`fit` documents it, in eval mode, with no half-accumulated gradients."""
+    state = loop.state
+    try:
+        for hook in loop.hooks.exception:
+            hook(state, error)
+    finally:
+        state.optimizer.zero_grad(set_to_none=True)
+        state.model.zero_grad(set_to_none=True)
+        state.model.eval()

@@ -409,3 +409,26 @@ def test_csv_logger_writes_one_row_per_epoch_also_across_a_resume(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert list(rows[0]) == ["epoch", *history.metrics]
     assert [float(r["val_loss"]) for r in rows] == history["val_loss"]
+
+
+class SeesTheError(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_exception(self, state, exception):
+        self.calls.append(("on_exception", type(exception).__name__, state.epoch))
+
+    def on_fit_end(self, state):
+        self.calls.append(("on_fit_end",))
+
+
+def test_an_error_in_a_callback_calls_on_exception_of_every_callback_and_not_on_fit_end():
+    model, train, _, loss_fn, opt, _ = setup()
+    seen = SeesTheError()
+    wrong = EarlyStopping(monitor="val_loss")  # no val_loader: raises at the end of epoch 1
+    with pytest.raises(ValueError, match="monitors 'val_loss'"):
+        fit(model, train, loss_fn, opt, 3, callbacks=[seen, wrong], progress=False)
+    assert seen.calls == [("on_exception", "ValueError", 1)]
+    assert "on_exception" in HOOKS and not model.training
+    fit(model, train, loss_fn, opt, 1, callbacks=[seen], progress=False)
+    assert seen.calls[-1] == ("on_fit_end",), "a run that ends well calls on_fit_end"

@@ -1,3 +1,4 @@
+import collections
 import os
 import random
 import re
@@ -10,7 +11,7 @@ from torch import nn
 from training_setup import assert_same_params, make_model, params, setup
 
 import companion.checkpoint as ckpt
-from companion.callbacks import Checkpoint, EarlyStopping
+from companion.callbacks import Callback, Checkpoint, EarlyStopping
 from companion.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -298,3 +299,96 @@ def test_a_grad_scalers_state_is_saved_and_restored(tmp_path):
     assert again.get_scale() == 1024.0
     with pytest.raises(CheckpointError, match="it holds no scaler state: pass scaler=None"):
         load_checkpoint(save_checkpoint(tmp_path / "d.pt", model=model), model=model, scaler=again)
+
+
+# --- a checkpoint that would never load is refused when it is written (issue 17) -------------------
+
+
+class RecentLosses(Callback):
+    """Keeps the last three training losses in a deque: it pickles, but weights_only refuses it."""
+
+    def __init__(self):
+        self.recent = collections.deque(maxlen=3)
+
+    def on_train_epoch_end(self, state):
+        self.recent.append(state.history.rows[-1]["train_loss"])
+
+    def state_dict(self):
+        return {"recent": self.recent, "epochs": len(self.recent)}
+
+    def load_state_dict(self, state):
+        self.recent = collections.deque(state["recent"], maxlen=3)
+
+
+def test_a_callback_state_that_would_not_load_is_refused_at_the_first_save_naming_callback_key_and_type(
+    tmp_path,
+):
+    model, train, _, loss_fn, opt, _ = setup()
+    path = tmp_path / "c.pt"
+    with pytest.raises(
+        CheckpointError,
+        match=r"never be resumed: the state_dict\(\) of callback RecentLosses\['recent'\] is a collections.deque",
+    ) as info:
+        fit(model, train, loss_fn, opt, 3, callbacks=[RecentLosses(), Checkpoint(path)], progress=False)
+    assert "e.g. list(...)" in str(info.value)
+    assert not path.exists(), "nothing is written"
+
+
+def test_a_numpy_scalar_deep_in_a_state_is_named_with_its_place(tmp_path):
+    model = make_model()
+
+    class Best(Callback):
+        def on_fit_start(self, state):
+            pass
+
+        def state_dict(self):
+            return {"scores": [{"val_loss": np.float64(0.25)}]}
+
+        def load_state_dict(self, state):
+            pass
+
+    with pytest.raises(CheckpointError, match=r"Best\['scores'\]\[0\]\['val_loss'\] is a numpy.float64"):
+        save_checkpoint(tmp_path / "c.pt", model=model, callbacks=[Best()])
+
+
+class Window:
+    """A class of the user's own, which torch.load rebuilds once it is allowed."""
+
+    def __init__(self, values=()):
+        self.values = list(values)
+
+
+class KeepsWindow(Callback):
+    def __init__(self):
+        self.window = Window()
+
+    def on_train_epoch_end(self, state):
+        self.window.values.append(state.epoch)
+
+    def state_dict(self):
+        return {"window": self.window}
+
+    def load_state_dict(self, state):
+        self.window = state["window"]
+
+
+def test_a_class_allowed_with_safe_globals_saves_and_resumes(tmp_path):
+    model, train, _, loss_fn, opt, _ = setup()
+    path = tmp_path / "c.pt"
+    with pytest.raises(CheckpointError, match=r"KeepsWindow\['window'\].*add_safe_globals\(\[Window\]\)"):
+        fit(model, train, loss_fn, opt, 2, callbacks=[KeepsWindow(), Checkpoint(path)], progress=False)
+    model, train, _, loss_fn, opt, _ = setup()
+    with torch.serialization.safe_globals([Window]):
+        fit(model, train, loss_fn, opt, 2, callbacks=[KeepsWindow(), Checkpoint(path)], progress=False)
+        resumed = KeepsWindow()
+        fit(
+            model,
+            train,
+            loss_fn,
+            opt,
+            3,
+            callbacks=[resumed, Checkpoint(path)],
+            progress=False,
+            resume_from=path,
+        )
+    assert resumed.window.values == [1, 2, 3]

@@ -34,15 +34,8 @@ from companion.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from companion.distributed import (
-    GlobalOrderSampler,
-    TorchrunError,
-    check_backend,
-    repeats_in_last_batch,
-    run_process_group,
-    setup,
-    torchrun,
-)
+from companion.distributed import GlobalOrderSampler, check_backend, repeats_in_last_batch, setup
+from companion.launch import TorchrunError, run_process_group, torchrun
 from companion.train import evaluate, fit
 
 HERE = Path(__file__).resolve()

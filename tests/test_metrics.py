@@ -103,3 +103,24 @@ def test_classification_means_scores_n_by_c_for_integer_labels_n():
     assert not is_classification(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long))
     assert not is_classification(torch.zeros(4, 3), torch.zeros(4))
     assert not is_classification(torch.zeros(4, 3, 2), torch.zeros(4, 2, dtype=torch.long))
+
+
+def test_a_class_weighted_loss_with_void_labels_of_255_is_that_loss_over_the_whole_split():
+    companion.seed_everything(0)
+    model = make_model(dropout=0.0)
+    X, y = classification_data(30)
+    y = y.clone()
+    y[::3] = 255  # VOC's void label: any value can be the ignore_index, not only negative ones
+    weight = torch.tensor([0.2, 1.0, 3.0])
+    loss_fn = nn.CrossEntropyLoss(weight=weight, ignore_index=255)
+    with torch.no_grad():
+        logits = model(X)
+    meter = EpochMeter(loss_fn)
+    for i in range(0, 30, 8):  # batches of 8, 8, 8, 6, each with its own share of void labels
+        meter.update(loss_fn(logits[i : i + 8], y[i : i + 8]), logits[i : i + 8], y[i : i + 8])
+    measured = meter.compute()
+    kept = y != 255
+    assert measured["loss"] == pytest.approx(loss_fn(logits, y).item(), rel=1e-6)
+    assert measured["accuracy"] == pytest.approx((logits.argmax(1)[kept] == y[kept]).float().mean().item())
+    loader = DataLoader(TensorDataset(X, y), batch_size=8)
+    assert evaluate(model, loader, loss_fn)["loss"] == pytest.approx(loss_fn(logits, y).item(), rel=1e-6)

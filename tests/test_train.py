@@ -4,6 +4,7 @@ import pickle
 import random
 import re
 import sys
+import warnings
 
 import matplotlib
 import numpy as np
@@ -528,8 +529,8 @@ def test_float_class_labels_with_cross_entropy_say_to_pass_long_targets():
     model = make_model()
     with pytest.raises(ValueError, match=r"class labels must be integers, so pass targets.long\(\)"):
         fit(model, loader, nn.CrossEntropyLoss(), sgd(model), 1, progress=False)
-    with pytest.raises(ValueError, match=r"targets.long\(\)"):  # also when the loss cannot be seen
-        check_output_fits(torch.zeros(8, 3), y[:8].float(), loss_fn=lambda o, t: F.cross_entropy(o, t.long()))
+    with pytest.raises(ValueError, match=r"targets.long\(\)"):  # also with no loss given: whole numbers
+        check_output_fits(torch.zeros(8, 3), y[:8].float())
 
 
 def test_empty_loader_is_rejected_with_what_to_pass():
@@ -869,6 +870,47 @@ def test_resuming_with_persistent_workers_is_refused_before_anything_changes(tmp
     assert_same_params(params(fresh), before)
 
 
+@pytest.mark.parametrize(
+    "setting, value",
+    [("accumulate_grad_batches", 2), ("gradient_clip_val", 1.0), ("precision", "bf16")],
+)
+def test_resuming_with_other_step_settings_is_refused_before_anything_loads(tmp_path, setting, value):
+    path = tmp_path / "c.pt"
+    model, train, _, loss_fn, opt, sched = setup(epochs=4)  # a OneCycleLR sized for 4 epochs of k = 1
+    fit(model, train, loss_fn, opt, 2, scheduler=sched, callbacks=[Checkpoint(path)], progress=False)
+    model, train, _, loss_fn, opt, sched = setup(epochs=4)
+    before = params(model)
+    with pytest.raises(CheckpointError, match=rf"saved by a fit with {setting}=.*Resume with {setting}="):
+        fit(
+            model,
+            train,
+            loss_fn,
+            opt,
+            4,
+            scheduler=sched,
+            callbacks=[Checkpoint(path)],
+            progress=False,
+            resume_from=path,
+            **{setting: value},
+        )
+    assert_same_params(params(model), before)
+    assert opt.state_dict()["state"] == {} and sched.last_epoch == 0
+
+
+def test_a_precision_resumes_under_any_of_its_names(tmp_path):
+    path = tmp_path / "c.pt"
+    model, train, _, loss_fn, opt, _ = setup()
+    fit(model, train, loss_fn, opt, 1, callbacks=[Checkpoint(path)], precision="bf16", progress=False)
+    assert torch.load(path, weights_only=True)["fit_settings"] == {
+        "accumulate_grad_batches": 1,
+        "gradient_clip_val": None,
+        "precision": "bf16",
+    }
+    model, train, _, loss_fn, opt, _ = setup()
+    history = fit(model, train, loss_fn, opt, 2, precision="bf16-mixed", progress=False, resume_from=path)
+    assert len(history) == 2
+
+
 # --- the progress bar and the package -------------------------------------------------------------
 
 
@@ -884,3 +926,276 @@ def test_progress_bar_goes_to_stderr_and_only_when_asked(capsys):
 def test_top_level_exports_fit_evaluate_and_history():
     assert companion.fit is fit and companion.evaluate is evaluate and companion.History is History
     assert train_module.History is History
+
+
+# --- what the output check lets through (issue 17) ------------------------------------------------
+
+
+def void_labelled(n=24, void=255):
+    """Every fourth label is `void`, the label VOC and Cityscapes give the pixels no class covers."""
+    X, y = classification_data(n)
+    y = y.clone()
+    y[::4] = void
+    return X, y
+
+
+def test_a_void_label_of_255_is_the_losses_ignore_index_not_a_class():
+    companion.seed_everything(0)
+    model = make_model(dropout=0.0)
+    X, y = void_labelled()
+    loader = DataLoader(TensorDataset(X, y), batch_size=8)
+    kept = y != 255
+    with torch.no_grad():
+        logits = model(X)
+    for loss_fn in (
+        nn.CrossEntropyLoss(ignore_index=255),
+        functools.partial(F.cross_entropy, ignore_index=255),
+    ):
+        measured = evaluate(model, loader, loss_fn)
+        assert measured["accuracy"] == pytest.approx(
+            (logits.argmax(1)[kept] == y[kept]).float().mean().item()
+        )
+        assert measured["loss"] == pytest.approx(
+            F.cross_entropy(logits, y, ignore_index=255).item(), rel=1e-6
+        )
+    history = fit(model, loader, nn.CrossEntropyLoss(ignore_index=255), sgd(model), 2, progress=False)
+    assert all(math.isfinite(v) for v in history["train_loss"])
+    pixels = torch.randint(0, 3, (2, 4, 4))
+    pixels[:, 0] = 255  # a void row in each image
+    check_output_fits(torch.zeros(2, 3, 4, 4), pixels, nn.CrossEntropyLoss(ignore_index=255))
+
+
+def test_a_label_the_loss_does_not_ignore_is_still_checked_against_the_classes():
+    with pytest.raises(ValueError, match=r"label 255: the last layer must output at least 256 scores"):
+        check_output_fits(torch.zeros(4, 3), torch.tensor([0, 1, 255, 2]), nn.CrossEntropyLoss())
+    with pytest.raises(ValueError, match=r"label -1, but class labels run from 0 to 2.*ignore_index=-1"):
+        check_output_fits(torch.zeros(4, 3), torch.tensor([0, 1, -1, 2]), nn.CrossEntropyLoss())
+    check_output_fits(torch.zeros(4, 3), torch.tensor([0, 1, -1, 2]), nn.CrossEntropyLoss(ignore_index=-1))
+
+
+class TinyLanguageModel(nn.Module):
+    """Tokens (B, T) -> next-token scores (B, T, V): the classes come last, as in every language model."""
+
+    def __init__(self, vocabulary=11, width=8):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(vocabulary, width), nn.Linear(width, vocabulary)
+
+    def forward(self, tokens):
+        return self.head(self.embed(tokens))
+
+
+def test_a_language_models_scores_with_a_loss_that_flattens_them_train():
+    companion.seed_everything(0)
+    tokens = torch.randint(0, 11, (16, 7))
+    loader = DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=4)  # (4, 6) -> (4, 6, 11)
+    model = TinyLanguageModel()
+    before = params(model)
+
+    def flattened(scores, targets):
+        return F.cross_entropy(scores.flatten(0, 1), targets.flatten())
+
+    history = fit(model, loader, flattened, sgd(model), 2, val_loader=loader, progress=False)
+    assert all(math.isfinite(v) for v in history["train_loss"] + history["val_loss"])
+    assert not all(torch.equal(p, q) for p, q in zip(before, params(model)))
+
+
+def test_quantile_regression_with_its_own_loss_trains():
+    companion.seed_everything(0)
+    X = torch.randn(32, 4)
+    y = X[:, :1] + 0.1 * torch.randn(32, 1)  # (n, 1): one target, three quantiles predicted for it
+    quantiles = torch.tensor([0.1, 0.5, 0.9])
+
+    def pinball(predicted, target):
+        error = target - predicted  # (n, 3): broadcast on purpose
+        return torch.maximum(quantiles * error, (quantiles - 1) * error).mean()
+
+    model = nn.Linear(4, 3)
+    history = fit(
+        model, DataLoader(TensorDataset(X, y), batch_size=8), pinball, sgd(model), 3, progress=False
+    )
+    assert history["train_loss"][-1] < history["train_loss"][0]
+
+
+def test_cross_entropy_with_the_classes_last_says_to_move_them_not_to_reshape_the_targets():
+    with pytest.raises(ValueError, match=r"movedim\(-1, 1\).*shape \(2, 11, 7\)") as info:
+        check_output_fits(torch.zeros(2, 7, 11), torch.zeros(2, 7, dtype=torch.long), nn.CrossEntropyLoss())
+    assert "(2, 11)" not in str(info.value), "targets of shape (2, 11) would be wrong advice"
+
+
+def test_a_subclass_of_a_known_loss_with_its_own_forward_is_called_as_it_is():
+    class FlatCrossEntropy(nn.CrossEntropyLoss):
+        def forward(self, scores, targets):
+            return super().forward(scores.flatten(0, -2), targets.flatten())
+
+    check_output_fits(torch.zeros(2, 7, 11), torch.zeros(2, 7, dtype=torch.long), FlatCrossEntropy())
+    with pytest.raises(ValueError, match="movedim"):
+        check_output_fits(torch.zeros(2, 7, 11), torch.zeros(2, 7, dtype=torch.long), nn.CrossEntropyLoss())
+
+
+def test_check_output_false_lets_a_refused_set_up_through():
+    X = torch.randn(16, 4)
+    loader = DataLoader(TensorDataset(X, X[:, :1]), batch_size=8)  # (8, 1) targets for (8, 3) outputs
+    model = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=r"prediction of shape \(8, 3\) and target of shape \(8, 1\) differ"):
+        fit(model, loader, nn.MSELoss(), sgd(model), 1, progress=False)
+    with pytest.warns(UserWarning, match="target size"):  # torch's own warning: a broadcast, asked for
+        history = fit(
+            model, loader, nn.MSELoss(), sgd(model), 1, val_loader=loader, progress=False, check_output=False
+        )
+        measured = evaluate(model, loader, nn.MSELoss(), check_output=False)
+    assert math.isfinite(history["val_loss"][0]) and measured["loss"] == pytest.approx(history["val_loss"][0])
+    with pytest.raises(TypeError, match="check_output must be True or False"):
+        fit(model, loader, nn.MSELoss(), sgd(model), 1, progress=False, check_output=0)
+
+
+# --- accumulation, interruption and the GradScaler (issue 17) -------------------------------------
+
+
+class WithoutLength:
+    """The batches of `loader`, from a loader that cannot say how many there are (a stream)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def test_accumulation_over_a_loader_without_length_divides_the_last_group_by_its_own_size():
+    X, y = classification_data(40)
+    sized = DataLoader(TensorDataset(X, y), batch_size=8)  # 5 batches, k = 3: groups of 3 and 2
+
+    def run(loader):
+        companion.seed_everything(0)
+        model = make_model(dropout=0.0)
+        norms = GradNorms()
+        fit(
+            model,
+            loader,
+            nn.CrossEntropyLoss(),
+            sgd(model, lr=0.5),
+            2,
+            accumulate_grad_batches=3,
+            callbacks=[norms],
+            progress=False,
+        )
+        return params(model), norms.norms
+
+    weights, norms = run(sized)
+    streamed, streamed_norms = run(WithoutLength(sized))
+    assert streamed_norms == pytest.approx(norms, rel=1e-5), "the hooks see the same gradients"
+    for p, q in zip(streamed, weights):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+class Recorder(Callback):
+    """Records whether fit ended with on_fit_end or on_exception."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_end(self, state):
+        self.calls.append("on_fit_end")
+
+    def on_exception(self, state, exception):
+        self.calls.append("on_exception")
+
+
+class InterruptAt(Callback):
+    """Press Ctrl-C after batch `batch_idx` of the first epoch; record what on_exception sees."""
+
+    def __init__(self, batch_idx):
+        self.batch_idx, self.seen = batch_idx, []
+
+    def on_train_batch_end(self, state, loss, batch_idx):
+        if batch_idx == self.batch_idx:
+            raise KeyboardInterrupt
+
+    def on_exception(self, state, exception):
+        gradients = any(p.grad is not None for p in state.model.parameters())
+        self.seen.append((type(exception), state.epoch, state.model.training, gradients))
+
+
+def test_an_interrupt_mid_fit_leaves_the_model_ready_to_predict_and_calls_on_exception():
+    model, train, _, loss_fn, opt, _ = setup()
+    interrupt, after = InterruptAt(batch_idx=2), Recorder()  # batch 2 starts a group of 2: half accumulated
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            model,
+            train,
+            loss_fn,
+            opt,
+            3,
+            accumulate_grad_batches=2,
+            callbacks=[interrupt, after],
+            progress=False,
+        )
+    assert interrupt.seen == [(KeyboardInterrupt, 1, True, True)], "the hook sees the state the error left"
+    assert not model.training, "dropout off: predictions are deterministic again"
+    assert all(p.grad is None for p in model.parameters()), "no half-accumulated gradient is left"
+    assert after.calls == ["on_exception"], "on_fit_end does not run"
+
+
+def test_an_error_in_the_model_mid_epoch_leaves_it_in_eval_mode_without_gradients():
+    class FailsAtCall(nn.Module):
+        def __init__(self, call):
+            super().__init__()
+            self.net, self.calls, self.call = make_model(), 0, call
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == self.call:
+                raise RuntimeError("out of memory (pretend)")
+            return self.net(x)
+
+    model = FailsAtCall(call=3)
+    train, _ = loaders()
+    with pytest.raises(RuntimeError, match="pretend"):
+        fit(model, train, nn.CrossEntropyLoss(), sgd(model), 2, progress=False)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+class ChangedSteps(Callback):
+    """Counts the batches after which the weights changed, and records fit's global_step at the end."""
+
+    def __init__(self):
+        self.changed, self.last, self.global_step = 0, None, None
+
+    def on_train_epoch_start(self, state):
+        if self.last is None:
+            self.last = params(state.model)
+
+    def on_train_batch_end(self, state, loss, batch_idx):
+        now = params(state.model)
+        self.changed += not all(torch.equal(p, q) for p, q in zip(now, self.last))
+        self.last = now
+
+    def on_fit_end(self, state):
+        self.global_step = state.global_step
+
+
+def test_a_step_the_grad_scaler_skips_counts_neither_as_a_step_nor_for_the_scheduler(monkeypatch):
+    # float16 with a GradScaler, as fit runs it on a GPU (autocast and the scaler work on a CPU too)
+    monkeypatch.setattr(train_module, "_autocast_dtype", lambda precision, device: torch.float16)
+    companion.seed_everything(0)
+    X, y = torch.randn(64, 4) * 300, torch.randint(0, 3, (64,))  # large inputs: the first scaled
+    model = nn.Linear(4, 3)  # gradients overflow float16 until the scaler has lowered its scale
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    steps = ChangedSteps()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast's float16 on a CPU
+        fit(
+            model,
+            DataLoader(TensorDataset(X, y), batch_size=8),
+            nn.CrossEntropyLoss(),
+            opt,
+            3,
+            scheduler=schedule,
+            scheduler_interval="step",
+            callbacks=[steps],
+            precision="16",
+            progress=False,
+        )
+    assert 0 < steps.changed < 3 * 8, "some steps were skipped, some taken"
+    assert steps.global_step == steps.changed == schedule.last_epoch
