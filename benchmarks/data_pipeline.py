@@ -8,7 +8,7 @@ normalized), in shuffled batches of 64:
   every epoch, and with persistent workers (started once);
 - CachedDataset (decoded once, kept as one tensor) in a DataLoader, which still fetches and collates
   one sample at a time;
-- CachedDataset served by `companion.perf.TensorLoader`, one indexing operation per batch (the
+- CachedDataset served by `companion.loading.TensorLoader`, one indexing operation per batch (the
   cached pipeline the goals are about);
 - the limit: slicing the tensors already in memory in a bare loop, `x[perm[i:i + 64]]` (as
   `x.index_select(0, perm[i:i + 64])`, the same gather with less overhead), no loader.
@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from companion.datasets import resized_digits_imagefolder
-from companion.loading import CachedDataset, load_imagefolder
-from companion.perf import TensorLoader, compare, consume
+from companion.loading import CachedDataset, TensorLoader, load_imagefolder
+from companion.perf import compare, consume
 
 GOALS = {"cached_over_naive": 20.0, "cached_over_limit": 0.8}  # at least, on the 8x8 digits
 BATCH = 64

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from companion.checks import is_int
+
 
 def make_linear_regression(
     n: int, d: int, noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32
@@ -33,7 +35,7 @@ def make_linear_regression(
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}; pass e.g. torch.float64")
     for name, value in (("n", n), ("d", d)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if value <= 0:
             raise ValueError(
@@ -124,8 +126,9 @@ def digits_imagefolder(root: str | os.PathLike[str], seed: int = 0) -> Path:
 
     Returns ``Path(root)`` as given (a relative path stays relative, so it prints portably).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}; pass e.g. seed=0")
+    seed = int(seed)  # a NumPy integer too, as a plain int (it is written into the tree's manifest)
     root = Path(root)
     if root.name in ("", ".", ".."):
         raise ValueError(f"root must name a folder of its own, got {str(root)!r}; pass e.g. 'data/digits'")
@@ -227,19 +230,21 @@ def resized_digits_imagefolder(
     :class:`FileExistsError`. Returns ``Path(root)``.
     """
     for name, value in (("size", size), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}; pass e.g. {name}=32")
     if not 1 <= size <= 1024:
         raise ValueError(f"size must be between 1 and 1024 pixels, got {size}; pass e.g. size=32")
+    size, seed = int(size), int(seed)
     images, labels = digits_splits(seed)["train"]
     if count is not None:
-        if isinstance(count, bool) or not isinstance(count, int):
+        if not is_int(count):
             raise TypeError(f"count must be an int or None, got {type(count).__name__}; pass e.g. count=256")
         if not 1 <= count <= len(labels):
             raise ValueError(
                 f"count must be between 1 and {len(labels)} (the training digits), got {count}; "
                 "pass e.g. count=256, or None for all"
             )
+        count = int(count)
         images, labels = images[:count], labels[:count]
     root = Path(root)
     if root.name in ("", ".", ".."):

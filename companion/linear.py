@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 
+from companion.checks import is_int, is_number
+
 __all__ = [
     "Descent",
     "add_bias_column",
@@ -101,7 +103,7 @@ def _check_wb(X: torch.Tensor, w: torch.Tensor, b: Scalar) -> tuple[torch.Tensor
         if b.dtype != X.dtype:
             raise TypeError(f"X is {X.dtype} but b is {b.dtype}; pass both in one dtype, e.g. b.to(X.dtype)")
         return w, b.reshape(())
-    if isinstance(b, bool) or not isinstance(b, (int, float)):
+    if not is_number(b):
         raise TypeError(
             f"b must be a number or a one-element tensor, got {type(b).__name__}; pass e.g. b=0.0"
         )
@@ -109,7 +111,7 @@ def _check_wb(X: torch.Tensor, w: torch.Tensor, b: Scalar) -> tuple[torch.Tensor
 
 
 def _check_lr(lr: float, X: torch.Tensor, bias: bool) -> None:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+    if not is_number(lr):
         raise TypeError(f"lr must be a number, got {type(lr).__name__}; pass e.g. lr=0.5 * max_stable_lr(X)")
     if not (lr > 0 and math.isfinite(lr)):  # also catches NaN
         raise ValueError(
@@ -119,7 +121,7 @@ def _check_lr(lr: float, X: torch.Tensor, bias: bool) -> None:
 
 
 def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int):
+    if not is_int(steps):
         raise TypeError(
             f"steps must be an int, got {type(steps).__name__}; pass the number of updates, e.g. steps=100"
         )

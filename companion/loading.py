@@ -1,11 +1,11 @@
 """Chapter 5, "Loading data": image folders checked before they are trusted, normalization
-statistics, caching decoded images, and ``DataLoader`` set-ups that are seeded and safe to spawn."""
+statistics, caching decoded images, and ``DataLoader`` set-ups that are seeded and safe to spawn;
+and chapter 7's :class:`TensorLoader`, which slices batches from tensors already in memory."""
 
 from __future__ import annotations
 
 import io
 import multiprocessing
-import numbers
 import os
 import pickle
 import random
@@ -13,12 +13,21 @@ import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    TensorDataset,
+    default_collate,
+    get_worker_info,
+)
+
+from companion.checks import check_bool, check_device, check_int, is_int
 
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
@@ -261,6 +270,139 @@ class ImageStream(IterableDataset):
             yield self.folder[index]
 
 
+# --- batches sliced from memory (chapter 7) ------------------------------------------------------------------------
+
+
+class TensorLoader:
+    """Batches sliced from tensors in memory: ``for x, y in TensorLoader(X, Y, batch_size=64): ...``.
+
+    A ``DataLoader`` fetches a batch one sample at a time (``dataset[i]`` for each index, each a
+    Python call) and then stacks the samples (``collate_fn``). For data already in memory as
+    tensors that per-sample work is most of the cost; here each batch is one indexing operation
+    per tensor, :math:`X[\\pi_{kb:(k+1)b}]` for the permutation :math:`\\pi` of the epoch.
+
+    **A drop-in replacement.** It draws from the random number generators exactly what
+    ``DataLoader(TensorDataset(*tensors), batch_size, shuffle, generator=generator,
+    drop_last=drop_last)`` draws, in the same order (a base seed for worker processes per epoch,
+    then ``RandomSampler``'s permutation, and the second permutation the sampler draws when it is
+    exhausted). So with generators in the same state it yields the same batches, epoch after
+    epoch, and leaves the global RNG (dropout's) in the same state: switching loaders changes the
+    speed of a training run, not its result. It has ``len()``, ``batch_size`` and ``generator`` as
+    a DataLoader does, so :func:`companion.fit` trains and resumes with it.
+
+    It has no workers and no per-sample transforms (random augmentation): for those, use a
+    DataLoader. ``device`` moves the tensors once, at construction: on a GPU, a dataset that fits
+    in its memory then never crosses the bus again (each batch is sliced where it lives).
+    """
+
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        batch_size: int = 1,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not tensors:
+            raise TypeError(
+                "TensorLoader needs at least one tensor, e.g. TensorLoader(inputs, targets, batch_size=64)"
+            )
+        for i, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor) or t.ndim == 0:
+                what = type(t).__name__ if not isinstance(t, torch.Tensor) else "a 0-dimensional tensor"
+                raise TypeError(
+                    f"TensorLoader's argument {i} is {what}: pass tensors whose first dimension counts samples"
+                    + (
+                        "; for a dataset, use TensorLoader.from_dataset(dataset, batch_size=...)"
+                        if not isinstance(t, torch.Tensor)
+                        else ""
+                    )
+                )
+        lengths = [len(t) for t in tensors]
+        if len(set(lengths)) > 1:
+            raise ValueError(
+                f"the tensors hold different numbers of samples, {lengths}: their first dimensions must agree"
+            )
+        if lengths[0] == 0:
+            raise ValueError("the tensors hold no samples; pass at least one")
+        self.batch_size = check_int(batch_size, "batch_size", least=1, example="batch_size=64")
+        check_bool(shuffle, "shuffle")
+        check_bool(drop_last, "drop_last")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+                "pass e.g. generator=torch.Generator().manual_seed(0)"
+            )
+        if device is not None:
+            device = check_device(device)
+            tensors = tuple(t.to(device) for t in tensors)
+        self.tensors = tensors
+        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+
+    @classmethod
+    def from_dataset(cls, dataset: TensorDataset | CachedDataset, **options: Any) -> TensorLoader:
+        """A TensorLoader over the tensors of a ``TensorDataset`` or a ``CachedDataset``.
+
+        A CachedDataset's targets are batched as the DataLoader's ``default_collate`` would
+        batch them (ints become an ``int64`` tensor). One with a ``transform`` is refused: that
+        transform runs on each sample at every access, which only a DataLoader does.
+        """
+        if isinstance(dataset, TensorDataset):
+            return cls(*dataset.tensors, **options)
+        if isinstance(dataset, CachedDataset):
+            if dataset.transform is not None:
+                raise ValueError(
+                    "this CachedDataset has a transform, which must run on each sample at every access "
+                    "(random augmentation): serve it with a DataLoader, or build the CachedDataset "
+                    "without one and apply a batch transform in the training step"
+                )
+            return cls(dataset.inputs, default_collate(list(dataset.targets)), **options)
+        raise TypeError(
+            f"from_dataset takes a TensorDataset or a CachedDataset, got {type(dataset).__name__}; "
+            "for other datasets, use a DataLoader or CachedDataset(dataset) first"
+        )
+
+    def __len__(self) -> int:
+        n = len(self.tensors[0])
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        # what DataLoader's iterator draws when it starts: a base seed for its workers
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        return self._batches()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        tensors, size = self.tensors, self.batch_size
+        stop = len(self) * size
+        if not self.shuffle:
+            for start in range(0, stop, size):
+                yield tuple([t[start : start + size] for t in tensors])
+            return
+        n = len(tensors[0])
+        generator = self.generator
+        if generator is None:  # RandomSampler without a generator seeds a new one from the global RNG
+            generator = torch.Generator().manual_seed(
+                int(torch.empty((), dtype=torch.int64).random_().item())
+            )
+        order = torch.randperm(n, generator=generator)
+        if order.device != tensors[0].device:
+            order = order.to(tensors[0].device)
+        for start in range(0, stop, size):
+            index = order[start : start + size]
+            yield tuple([t.index_select(0, index) for t in tensors])  # t[index], with less overhead
+        if self.generator is not None:
+            # RandomSampler, exhausted, draws one more permutation (its empty "n % n" tail)
+            torch.randperm(n, generator=self.generator)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(str(tuple(t.shape)) for t in self.tensors)
+        return (
+            f"TensorLoader({shapes}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"drop_last={self.drop_last})"
+        )
+
+
 def seed_worker(worker_id: int) -> None:
     """A ``worker_init_fn``: seed Python's ``random`` and NumPy in a DataLoader worker.
 
@@ -404,7 +546,7 @@ def _generator(seed: object, generator: object) -> torch.Generator:
     """The loader's generator: the one given, else a new one seeded with ``seed`` (0 by default)."""
     if generator is None:
         seed = 0 if seed is None else seed
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        if not is_int(seed):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}; pass e.g. seed=0")
         return torch.Generator().manual_seed(int(seed))
     if not isinstance(generator, torch.Generator):

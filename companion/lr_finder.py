@@ -15,6 +15,9 @@ half that when the problem is well conditioned.
 
 The model, the optimizer and the random generators are put back as they were, so the test can run
 before the real training without changing it.
+
+Imports run one way: this module uses :mod:`companion.train` (its argument checks) and
+:mod:`companion.checkpoint` (the random generators' state); neither uses it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import torch
 from torch import nn
 
 from companion.checkpoint import rng_state, set_rng_state
-from companion.train import check_output_fits
+from companion.checks import check_bool, check_module, is_int, is_number
+from companion.train import _check_loader, _check_loss_fn, _check_optimizer, check_output_fits
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -95,9 +99,9 @@ class LRFindResult:
         return fig
 
 
-def _check_rates(start_lr: Any, end_lr: Any, num_iter: Any, beta: Any, diverge: Any) -> None:
+def _check_rates(start_lr: Any, end_lr: Any, num_iter: Any, beta: Any, diverge: Any, floor: Any) -> None:
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        if not is_number(value) or not 0 < value < math.inf:
             raise ValueError(
                 f"{name} must be a positive learning rate, got {value!r}; pass e.g. start_lr=1e-7, end_lr=10"
             )
@@ -106,15 +110,31 @@ def _check_rates(start_lr: Any, end_lr: Any, num_iter: Any, beta: Any, diverge: 
             f"end_lr must be larger than start_lr (the rate grows from one to the other), got start_lr={start_lr} "
             f"and end_lr={end_lr}; pass e.g. start_lr=1e-7, end_lr=10"
         )
-    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 5:
+    if not is_int(num_iter) or num_iter < 5:
         raise ValueError(
             f"num_iter must be an int of at least 5 (steps of the test), got {num_iter!r}; pass e.g. 100"
         )
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+    if not is_number(beta) or not 0 <= beta < 1:
         raise ValueError(f"beta must be in [0, 1) (0: no smoothing), got {beta!r}; pass e.g. beta=0.9")
-    if isinstance(diverge, bool) or not isinstance(diverge, (int, float)) or not diverge > 1:
+    if not is_number(diverge) or not diverge > 1:
         raise ValueError(
             f"diverge must be a number > 1 (stop when the smoothed loss exceeds diverge times its lowest), got {diverge!r}"
+        )
+    if not is_number(floor) or not math.isfinite(floor):
+        raise ValueError(
+            f"floor must be a finite number, the lowest value the loss can take, got {floor!r}; pass e.g. "
+            "floor=0 for cross-entropy or MSE, floor=-1 for a negative cosine similarity"
+        )
+
+
+def _refuse_persistent_workers(loader: Any) -> None:
+    """A DataLoader whose workers outlive an epoch keeps random streams that lr_find cannot put back."""
+    if getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0) > 0:
+        raise ValueError(
+            "loader has persistent_workers=True: its workers draw their random seed once, in the loader's "
+            "first epoch, and keep their random streams from epoch to epoch, so lr_find cannot put them "
+            "back, and the fit after it would shuffle and augment differently from a fit without it. Pass "
+            "lr_find a loader built the same way but with persistent_workers=False"
         )
 
 
@@ -144,14 +164,28 @@ def lr_find(
     num_iter: int = 100,
     beta: float = 0.8,
     diverge: float = 4.0,
+    floor: float = 0.0,
+    check_output: bool = True,
 ) -> LRFindResult:
     """Run the learning-rate range test on ``model`` with ``optimizer``; put both back afterwards.
 
     Trains (in train mode) for ``num_iter`` steps on batches of ``loader`` (started over when it runs out),
     setting the rate of every parameter group to :math:`\\eta_i` of the module docstring before step
-    :math:`i`. It stops early once the smoothed loss (:func:`smooth_losses` with ``beta``) exceeds
-    ``diverge`` times its lowest value, or the loss is not finite. The suggestion is half the rate at
-    the lowest point of the loss smoothed without lag (:func:`zero_lag_smooth`).
+    :math:`i`. It stops early once the smoothed loss :math:`s` (:func:`smooth_losses` with ``beta``)
+    exceeds ``diverge`` times its lowest value :math:`s_{\\min}`, or the loss is not finite. The suggestion
+    is half the rate at the lowest point of the loss smoothed without lag (:func:`zero_lag_smooth`).
+
+    "Times its lowest" measures the loss from ``floor``, the lowest value the loss can take:
+    :math:`s - \\text{floor} > \\text{diverge} \\cdot (s_{\\min} - \\text{floor})`. That is 0 for
+    cross-entropy, MSE and the other losses that cannot be negative. A loss that can go below 0 needs its
+    own: a negative cosine similarity, :math:`-\\cos`, has the gradients of :math:`1 - \\cos` and
+    ``floor=-1`` makes the test run as for :math:`1 - \\cos`. A loss below ``floor`` is refused, since
+    the ratio would mean nothing.
+
+    A ``DataLoader`` with ``persistent_workers=True`` (and workers) is refused: its workers' random
+    streams live on after the test and could not be put back. The first batch's output and targets go
+    through ``fit``'s check (:func:`companion.train.check_output_fits`); ``check_output=False`` skips it,
+    as in ``fit``.
 
     Afterwards the model's weights and buffers, its train/eval mode, the optimizer's state and learning
     rates, and the random generators (torch's, Python's, NumPy's, and the loader's ``generator``) are
@@ -161,25 +195,15 @@ def lr_find(
     Returns:
         an :class:`LRFindResult`; ``result.suggestion`` is the suggested rate, ``result.plot()`` draws it.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer over the model's parameters, got {type(optimizer).__name__}"
-        )
-    own = {id(p) for p in model.parameters()}
-    if not any(id(p) in own for group in optimizer.param_groups for p in group["params"]):
-        raise ValueError(
-            "the optimizer holds none of the model's parameters: build it over this model, "
-            "e.g. torch.optim.AdamW(model.parameters())"
-        )
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(output, targets), got {type(loss_fn).__name__}")
-    if not isinstance(loader, Iterable):
-        raise TypeError(
-            f"loader must be an iterable of (inputs, targets) batches, e.g. a DataLoader; got {type(loader).__name__}"
-        )
-    _check_rates(start_lr, end_lr, num_iter, beta, diverge)
+    check_module(model)
+    if next(model.parameters(), None) is None:
+        raise ValueError("the model has no parameters, so there is no learning rate to find")
+    _check_optimizer(optimizer, model)
+    _check_loss_fn(loss_fn)
+    _check_loader(loader, "loader")
+    _refuse_persistent_workers(loader)
+    _check_rates(start_lr, end_lr, num_iter, beta, diverge, floor)
+    check_bool(check_output, "check_output")
 
     saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved_optimizer = copy.deepcopy(optimizer.state_dict())
@@ -204,22 +228,30 @@ def lr_find(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             output = model(inputs)
-            if i == 0:
+            if i == 0 and check_output:
                 check_output_fits(output, targets, loss_fn)
             loss = loss_fn(output, targets)
             value = loss.item()
             if not math.isfinite(value):
                 stopped = f"the loss was {value} at step {i + 1}, rate {lr:.1e}"
                 break
+            if value < floor:
+                raise ValueError(
+                    f"the loss was {value:.4g} at step {i + 1}, below floor={floor:g}: the test measures the "
+                    "loss from the lowest value it can take, 0 unless you say otherwise. Pass it, e.g. floor=-1 "
+                    "for a negative cosine similarity"
+                )
             lrs.append(lr)
             losses.append(value)
             average = beta * average + (1 - beta) * value
             smoothed = average / (1 - beta ** len(losses))
             best = min(best, smoothed)
-            if smoothed > diverge * best:
+            if smoothed - floor > diverge * (best - floor):
                 stopped = (
                     f"the smoothed loss exceeded {diverge:g} times its lowest at step {i + 1}, rate {lr:.1e}"
                 )
+                if floor != 0:
+                    stopped += f" (measured from floor={floor:g})"
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

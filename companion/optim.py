@@ -28,6 +28,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from companion.checks import check_fraction, is_int, is_number
+
 __all__ = [
     "sgd_step",
     "adam_step",
@@ -70,30 +72,18 @@ def _check_tensors(param: Any, grad: Any, state: Any) -> None:
 
 def _check_non_negative(**values: float) -> None:
     for name, value in values.items():
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not value >= 0
-            or math.isinf(value)
-        ):
+        if not is_number(value) or not value >= 0 or math.isinf(value):
             example = {"lr": "lr=1e-3", "eps": "eps=1e-8", "weight_decay": "weight_decay=0.0 (no decay)"}.get(
                 name, f"{name}=0.0"
             )
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}; pass e.g. {example}")
 
 
-def _check_fraction(name: str, value: float, example: str, *, one_allowed: bool = False) -> None:
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not is_number or not (0 <= value <= 1 if one_allowed else 0 <= value < 1):
-        interval = "[0, 1]" if one_allowed else "[0, 1)"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}; pass e.g. {example}")
-
-
 def _check_betas(betas: Any) -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}; pass e.g. betas=(0.9, 0.999)")
     for i, beta in enumerate(betas):
-        _check_fraction(f"betas[{i}]", beta, "betas=(0.9, 0.999)")
+        check_fraction(beta, f"betas[{i}]", zero=True, example="betas=(0.9, 0.999)")
     return float(betas[0]), float(betas[1])
 
 
@@ -127,7 +117,7 @@ def sgd_step(
     """
     _check_tensors(param, grad, state)
     _check_non_negative(lr=lr, momentum=momentum, weight_decay=weight_decay)
-    _check_fraction("dampening", dampening, "dampening=0.0", one_allowed=True)
+    check_fraction(dampening, "dampening", zero=True, one=True, example="dampening=0.0")
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError(
             f"Nesterov momentum needs momentum > 0 and dampening == 0, got momentum={momentum}, dampening={dampening}; "
@@ -293,7 +283,7 @@ def rmsprop_step(
     """
     _check_tensors(param, grad, state)
     _check_non_negative(lr=lr, eps=eps, weight_decay=weight_decay, momentum=momentum)
-    _check_fraction("alpha", alpha, "alpha=0.99", one_allowed=True)
+    check_fraction(alpha, "alpha", zero=True, one=True, example="alpha=0.99")
     if weight_decay != 0:
         grad = grad + weight_decay * param
     v = state["square_avg"] = alpha * state.get("square_avg", torch.zeros_like(param)) + (1 - alpha) * grad**2
@@ -342,7 +332,7 @@ def adadelta_step(
     """
     _check_tensors(param, grad, state)
     _check_non_negative(lr=lr, eps=eps, weight_decay=weight_decay)
-    _check_fraction("rho", rho, "rho=0.9", one_allowed=True)
+    check_fraction(rho, "rho", zero=True, one=True, example="rho=0.9")
     if weight_decay != 0:
         grad = grad + weight_decay * param
     v = state["square_avg"] = rho * state.get("square_avg", torch.zeros_like(param)) + (1 - rho) * grad**2
@@ -556,7 +546,7 @@ def run_path(
         after ``k`` steps. A run that diverges stops at the first point that is not finite (``inf``
         or ``nan``): nothing can come back from there, so the rows after it are ``nan``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}; pass e.g. steps=200")
     if not isinstance(start, Tensor):
         start = torch.tensor(list(start), dtype=torch.float64)

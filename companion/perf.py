@@ -13,47 +13,42 @@ Measuring:
   computing; :func:`top_operators` runs ``torch.profiler`` over a step and returns the operators
   that took the most time, as a table.
 
-Speeding up: :class:`TensorLoader` serves batches of tensors already in memory by slicing them,
-a drop-in replacement for a ``DataLoader`` over a ``TensorDataset`` or a
-:class:`~companion.loading.CachedDataset`. :func:`cpu_flags` and :func:`bf16_case` say whether
-this processor computes in bfloat16 natively.
+The tools the chapter speeds training up with live with their concepts: the loader that slices
+batches from tensors in memory, :class:`~companion.loading.TensorLoader`, with the other loaders in
+:mod:`companion.loading`; :func:`~companion.device.cpu_flags` and :func:`~companion.device.bf16_case`,
+which say whether this processor computes in bfloat16 natively, in :mod:`companion.device`.
 
-Imports run one way: this module uses :mod:`companion.loading`, nothing imports this one back.
+Imports run one way: this module uses :mod:`companion.checks`, :mod:`companion.device` and
+:mod:`companion.loading`; nothing imports this one back.
 """
 
 from __future__ import annotations
 
-import numbers
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset, default_collate
+from torch.autograd import DeviceType
 
-from companion.loading import CachedDataset
+from companion.checks import check_callable, check_device, check_int
 
 __all__ = [
-    "BF16_CASES",
     "Comparison",
     "EpochSplit",
     "OperatorTable",
     "OperatorTime",
-    "TensorLoader",
     "Throughput",
     "Timing",
     "batch_size_of",
-    "bf16_case",
     "compare",
     "consume",
-    "cpu_flags",
     "format_seconds",
     "loader_throughput",
     "measure",
+    "operator_table",
     "split_epoch",
     "synchronize",
     "throughput",
@@ -79,26 +74,13 @@ def synchronize(device: torch.device | str | None = None) -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()
         return
-    device = _device(device)
+    device = check_device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
     elif device.type == "xpu":
         torch.xpu.synchronize(device)
-
-
-def _device(device: Any) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if isinstance(device, str):
-        try:
-            return torch.device(device)
-        except RuntimeError as e:
-            raise ValueError(f"device {device!r} is not a device name; pass e.g. 'cpu' or 'cuda'") from e
-    raise TypeError(
-        f"device must be a torch.device, a name such as 'cuda', or None, got {type(device).__name__}"
-    )
 
 
 def format_seconds(seconds: float) -> str:
@@ -155,25 +137,6 @@ class Timing:
         )
 
 
-def _check_count(name: str, value: Any, least: int, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}; pass e.g. {name}={example}")
-    if value < least:
-        what = "at least 1" if least == 1 else "0 or more"
-        raise ValueError(f"{name} must be {what}, got {value}; pass e.g. {name}={example}")
-    return int(value)
-
-
-def _check_callable(
-    fn: Any,
-    name: str = "fn",
-    example: str = "lambda: step(batch)",
-    what: str = "a function to call with no arguments",
-) -> None:
-    if not callable(fn):
-        raise TypeError(f"{name} must be {what}, got {type(fn).__name__}; pass e.g. {example}")
-
-
 def _timed_run(fn: Callable[[], Any], number: int, device: Any, clock: Clock) -> float:
     """Seconds per call of ``number`` calls of ``fn``, between two synchronizations of ``device``."""
     synchronize(device)  # work queued before the run is not the run's
@@ -201,7 +164,7 @@ def measure(
     (``cudnn.benchmark``), compilation (``torch.compile``), worker start-up. Use ``number > 1`` for
     calls too short for the clock (well under a millisecond).
     """
-    _check_callable(fn)
+    check_callable(fn, "fn", what="a function to call with no arguments", example="lambda: step(batch)")
     return compare(
         {"fn": fn}, warmup=warmup, repeat=repeat, number=number, device=device, clock=clock
     ).timing("fn")
@@ -291,12 +254,17 @@ def compare(
             "{'eager': lambda: step(model), 'compiled': lambda: step(compiled)}"
         )
     for name, fn in candidates.items():
-        _check_callable(fn, f"candidates[{name!r}]", f"{{{name!r}: lambda: step(batch)}}")
-    warmup = _check_count("warmup", warmup, 0, "1")
-    repeat = _check_count("repeat", repeat, 1, "5")
-    number = _check_count("number", number, 1, "10")
+        check_callable(
+            fn,
+            f"candidates[{name!r}]",
+            what="a function to call with no arguments",
+            example=f"{{{name!r}: lambda: step(batch)}}",
+        )
+    warmup = check_int(warmup, "warmup", least=0, example="warmup=1")
+    repeat = check_int(repeat, "repeat", least=1, example="repeat=5")
+    number = check_int(number, "number", least=1, example="number=10")
     if device is not None:
-        device = _device(device)
+        device = check_device(device)
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -352,7 +320,7 @@ def consume(loader: Iterable, max_batches: int | None = None) -> int:
             f"loader must be iterable (a DataLoader, a TensorLoader), got {type(loader).__name__}"
         )
     if max_batches is not None:
-        max_batches = _check_count("max_batches", max_batches, 1, "20")
+        max_batches = check_int(max_batches, "max_batches", least=1, example="max_batches=20")
     samples = 0
     for i, batch in enumerate(loader):
         samples += batch_size_of(batch)
@@ -374,7 +342,7 @@ def throughput(
     """Samples per second of ``fn``, which processes ``samples`` samples per call: e.g. a training
     step on a batch (``samples`` = the batch size) or an epoch (the dataset's length). Timed with
     :func:`measure`."""
-    samples = _check_count("samples", samples, 1, "64")
+    samples = check_int(samples, "samples", least=1, example="samples=64")
     timing = measure(fn, warmup=warmup, repeat=repeat, number=number, device=device, clock=clock)
     return Throughput(samples, timing)
 
@@ -450,11 +418,11 @@ def split_epoch(
         raise TypeError(
             f"loader must be iterable (a DataLoader, a TensorLoader), got {type(loader).__name__}"
         )
-    _check_callable(step, "step", "def step(batch): ...", what="a function of one batch")
+    check_callable(step, "step", what="a function of one batch", example="def step(batch): ...")
     if max_batches is not None:
-        max_batches = _check_count("max_batches", max_batches, 1, "20")
+        max_batches = check_int(max_batches, "max_batches", least=1, example="max_batches=20")
     if device is not None:
-        device = _device(device)
+        device = check_device(device)
     data = compute = 0.0
     batches = samples = 0
     synchronize(device)
@@ -517,6 +485,66 @@ class OperatorTable:
         return "\n".join(lines)
 
 
+# the kinds of device whose events are kernels (torch.autograd.profiler_util's table counts the same)
+_KERNEL_DEVICES = {
+    getattr(DeviceType, name) for name in ("CUDA", "PrivateUse1", "MTIA", "XPU") if hasattr(DeviceType, name)
+}
+
+
+def _is_kernel(event: Any) -> bool:
+    """A device-side event (a kernel, or a memory copy) rather than an operator the CPU ran."""
+    return event.device_type in _KERNEL_DEVICES
+
+
+def _device_us(event: Any) -> float:
+    return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
+
+
+def operator_table(
+    events: Iterable[Any], *, steps: int, top: int = 10, device_time: bool = False
+) -> OperatorTable:
+    """The ``top`` operators of a profile's ``key_averages()`` by self time, per step of ``steps``.
+
+    CPU time (``device_time=False``): every event's ``self_cpu_time_total``, and each share is of their sum.
+
+    GPU time: an operator's ``self_device_time_total`` is the time of the kernels it launched itself, and
+    each kernel is an event of its own too, with the same time. So the rows are the operators (the events
+    the CPU ran), and the total they are shares of is the kernels' time alone: summed over both, every
+    GPU second would count twice and every share be about halved. That total is the one torch's own
+    ``key_averages().table()`` prints as "Self CUDA time total" (device events, less user annotations;
+    with the legacy profiler, which keeps kernel time in the CPU events, those).
+    """
+    events = list(events)
+    if device_time:
+        candidates = [e for e in events if not _is_kernel(e)]
+        total = sum(
+            _device_us(e)
+            for e in events
+            if (_is_kernel(e) and not getattr(e, "is_user_annotation", False))
+            or (not _is_kernel(e) and getattr(e, "is_legacy", False))
+        )
+        self_us = _device_us
+    else:
+        candidates = events
+        total = sum(float(e.self_cpu_time_total) for e in events)
+
+        def self_us(event: Any) -> float:
+            return float(event.self_cpu_time_total)
+
+    ranked = sorted(candidates, key=self_us, reverse=True)[:top]
+    rows = tuple(
+        OperatorTime(
+            name=e.key,
+            calls_per_step=e.count / steps,
+            self_seconds_per_step=self_us(e) * 1e-6 / steps,
+            share=self_us(e) / total if total > 0 else 0.0,
+        )
+        for e in ranked
+        if self_us(e) > 0
+    )
+    return OperatorTable(rows, steps, device_time)
+
+
 def top_operators(
     fn: Callable[[], Any],
     *,
@@ -530,13 +558,14 @@ def top_operators(
     An operator's *self* time excludes the operators it called (``aten::linear`` calls
     ``aten::addmm``, which does the arithmetic): the self times add up to the profiled time, so
     each row's share says where the time went. On a CUDA ``device`` the GPU's self time is used,
-    since that is where the kernels run. ``warmup`` untimed calls come first (see :func:`measure`).
+    since that is where the kernels run (see :func:`operator_table`). ``warmup`` untimed calls come
+    first (see :func:`measure`).
     """
-    _check_callable(fn)
-    steps = _check_count("steps", steps, 1, "3")
-    warmup = _check_count("warmup", warmup, 0, "1")
-    top = _check_count("top", top, 1, "10")
-    device = _device(device) if device is not None else None
+    check_callable(fn, "fn", what="a function to call with no arguments", example="lambda: step(batch)")
+    steps = check_int(steps, "steps", least=1, example="steps=3")
+    warmup = check_int(warmup, "warmup", least=0, example="warmup=1")
+    top = check_int(top, "top", least=1, example="top=10")
+    device = check_device(device) if device is not None else None
     on_gpu = device is not None and device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU]
     if on_gpu:
@@ -548,219 +577,4 @@ def top_operators(
         for _ in range(steps):
             fn()
         synchronize(device)
-    events = profile.key_averages()
-
-    def self_us(event: Any) -> float:
-        if on_gpu:
-            return float(
-                getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0))
-            )
-        return float(event.self_cpu_time_total)
-
-    total = sum(self_us(e) for e in events)
-    ranked = sorted(events, key=self_us, reverse=True)[:top]
-    rows = tuple(
-        OperatorTime(
-            name=e.key,
-            calls_per_step=e.count / steps,
-            self_seconds_per_step=self_us(e) * 1e-6 / steps,
-            share=self_us(e) / total if total > 0 else 0.0,
-        )
-        for e in ranked
-        if self_us(e) > 0
-    )
-    return OperatorTable(rows, steps, on_gpu)
-
-
-# --- batches sliced from memory ------------------------------------------------------------------------
-
-
-class TensorLoader:
-    """Batches sliced from tensors in memory: ``for x, y in TensorLoader(X, Y, batch_size=64): ...``.
-
-    A ``DataLoader`` fetches a batch one sample at a time (``dataset[i]`` for each index, each a
-    Python call) and then stacks the samples (``collate_fn``). For data already in memory as
-    tensors that per-sample work is most of the cost; here each batch is one indexing operation
-    per tensor, :math:`X[\\pi_{kb:(k+1)b}]` for the permutation :math:`\\pi` of the epoch.
-
-    **A drop-in replacement.** It draws from the random number generators exactly what
-    ``DataLoader(TensorDataset(*tensors), batch_size, shuffle, generator=generator,
-    drop_last=drop_last)`` draws, in the same order (a base seed for worker processes per epoch,
-    then ``RandomSampler``'s permutation, and the second permutation the sampler draws when it is
-    exhausted). So with generators in the same state it yields the same batches, epoch after
-    epoch, and leaves the global RNG (dropout's) in the same state: switching loaders changes the
-    speed of a training run, not its result. It has ``len()``, ``batch_size`` and ``generator`` as
-    a DataLoader does, so :func:`companion.fit` trains and resumes with it.
-
-    It has no workers and no per-sample transforms (random augmentation): for those, use a
-    DataLoader. ``device`` moves the tensors once, at construction: on a GPU, a dataset that fits
-    in its memory then never crosses the bus again (each batch is sliced where it lives).
-    """
-
-    def __init__(
-        self,
-        *tensors: torch.Tensor,
-        batch_size: int = 1,
-        shuffle: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-        device: torch.device | str | None = None,
-    ) -> None:
-        if not tensors:
-            raise TypeError(
-                "TensorLoader needs at least one tensor, e.g. TensorLoader(inputs, targets, batch_size=64)"
-            )
-        for i, t in enumerate(tensors):
-            if not isinstance(t, torch.Tensor) or t.ndim == 0:
-                what = type(t).__name__ if not isinstance(t, torch.Tensor) else "a 0-dimensional tensor"
-                raise TypeError(
-                    f"TensorLoader's argument {i} is {what}: pass tensors whose first dimension counts samples"
-                    + (
-                        "; for a dataset, use TensorLoader.from_dataset(dataset, batch_size=...)"
-                        if not isinstance(t, torch.Tensor)
-                        else ""
-                    )
-                )
-        lengths = [len(t) for t in tensors]
-        if len(set(lengths)) > 1:
-            raise ValueError(
-                f"the tensors hold different numbers of samples, {lengths}: their first dimensions must agree"
-            )
-        if lengths[0] == 0:
-            raise ValueError("the tensors hold no samples; pass at least one")
-        self.batch_size = _check_count("batch_size", batch_size, 1, "64")
-        if not isinstance(shuffle, bool):
-            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
-        if not isinstance(drop_last, bool):
-            raise TypeError(f"drop_last must be True or False, got {drop_last!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
-                "pass e.g. generator=torch.Generator().manual_seed(0)"
-            )
-        if device is not None:
-            device = _device(device)
-            tensors = tuple(t.to(device) for t in tensors)
-        self.tensors = tensors
-        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
-
-    @classmethod
-    def from_dataset(cls, dataset: TensorDataset | CachedDataset, **options: Any) -> TensorLoader:
-        """A TensorLoader over the tensors of a ``TensorDataset`` or a ``CachedDataset``.
-
-        A CachedDataset's targets are batched as the DataLoader's ``default_collate`` would
-        batch them (ints become an ``int64`` tensor). One with a ``transform`` is refused: that
-        transform runs on each sample at every access, which only a DataLoader does.
-        """
-        if isinstance(dataset, TensorDataset):
-            return cls(*dataset.tensors, **options)
-        if isinstance(dataset, CachedDataset):
-            if dataset.transform is not None:
-                raise ValueError(
-                    "this CachedDataset has a transform, which must run on each sample at every access "
-                    "(random augmentation): serve it with a DataLoader, or build the CachedDataset "
-                    "without one and apply a batch transform in the training step"
-                )
-            return cls(dataset.inputs, default_collate(list(dataset.targets)), **options)
-        raise TypeError(
-            f"from_dataset takes a TensorDataset or a CachedDataset, got {type(dataset).__name__}; "
-            "for other datasets, use a DataLoader or CachedDataset(dataset) first"
-        )
-
-    def __len__(self) -> int:
-        n = len(self.tensors[0])
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        # what DataLoader's iterator draws when it starts: a base seed for its workers
-        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        return self._batches()
-
-    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        tensors, size = self.tensors, self.batch_size
-        stop = len(self) * size
-        if not self.shuffle:
-            for start in range(0, stop, size):
-                yield tuple([t[start : start + size] for t in tensors])
-            return
-        n = len(tensors[0])
-        generator = self.generator
-        if generator is None:  # RandomSampler without a generator seeds a new one from the global RNG
-            generator = torch.Generator().manual_seed(
-                int(torch.empty((), dtype=torch.int64).random_().item())
-            )
-        order = torch.randperm(n, generator=generator)
-        if order.device != tensors[0].device:
-            order = order.to(tensors[0].device)
-        for start in range(0, stop, size):
-            index = order[start : start + size]
-            yield tuple([t.index_select(0, index) for t in tensors])  # t[index], with less overhead
-        if self.generator is not None:
-            # RandomSampler, exhausted, draws one more permutation (its empty "n % n" tail)
-            torch.randperm(n, generator=self.generator)
-
-    def __repr__(self) -> str:
-        shapes = ", ".join(str(tuple(t.shape)) for t in self.tensors)
-        return (
-            f"TensorLoader({shapes}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-            f"drop_last={self.drop_last})"
-        )
-
-
-# --- what the processor computes natively -----------------------------------------------------------------
-
-BF16_CASES: dict[str, str] = {
-    "amx": (
-        "AMX: matrix units that multiply bfloat16 tiles in hardware; bfloat16 autocast can be "
-        "much faster than float32 for large matrix products and convolutions"
-    ),
-    "avx512_bf16": (
-        "AVX512-BF16: vector instructions for bfloat16 dot products; bfloat16 autocast can be "
-        "faster than float32 for large matrix products"
-    ),
-    "arm_bf16": (
-        "ARM's BF16 extension: bfloat16 dot-product instructions; bfloat16 autocast can be faster "
-        "for large matrix products"
-    ),
-    "none": (
-        "no bfloat16 arithmetic instructions: bfloat16 is converted to float32 to compute, so "
-        "autocast saves memory, not time, and the conversions usually make it slower"
-    ),
-    "unknown": "the processor's flags could not be read here (they are read on Linux only)",
-}
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The processor's feature flags (``avx2``, ``avx512_bf16``, ``amx_bf16``, ...), or None where
-    they cannot be read (not Linux).
-
-    Read from the ``flags`` line (x86) or ``Features`` line (ARM) of Linux's ``/proc/cpuinfo``.
-    """
-    path = Path(cpuinfo)
-    if not sys.platform.startswith("linux") and str(cpuinfo) == "/proc/cpuinfo":
-        return None
-    try:
-        text = path.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            return frozenset(value.split())
-    return None
-
-
-def bf16_case(flags: Iterable[str] | None) -> str:
-    """Which key of :data:`BF16_CASES` describes a processor with these ``flags`` (from :func:`cpu_flags`)."""
-    if flags is None:
-        return "unknown"
-    if isinstance(flags, str):
-        raise TypeError("flags must be a collection of flag names, e.g. cpu_flags(), not one string")
-    flags = set(flags)
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512_bf16"
-    if "bf16" in flags:  # ARM's Features line
-        return "arm_bf16"
-    return "none"
+    return operator_table(profile.key_averages(), steps=steps, top=top, device_time=on_gpu)

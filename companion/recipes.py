@@ -32,6 +32,7 @@ from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from companion.callbacks import EarlyStopping
+from companion.checks import check_module, is_int, is_number
 from companion.datasets import digits_splits
 from companion.seeding import seed_everything
 from companion.train import evaluate, fit
@@ -71,9 +72,9 @@ def digits_cnn(width: int = 48, *, batch_norm: bool = True, dropout: float = 0.2
     With the defaults it is chapter 6's network, layer for layer (67,066 parameters), so the same
     seed gives it the same initial weights.
     """
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    if not is_int(width) or width < 1:
         raise ValueError(f"width must be a positive int (channels of the first convolution), got {width!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_number(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}; pass 0 for no dropout")
 
     def conv(cin: int, cout: int) -> list[nn.Module]:
@@ -107,9 +108,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     following layer can undo is pulled to zero for nothing. (The rule is the dimension, as in timm and
     nanoGPT: it needs no list of layer types.) Parameters that do not require gradients are left out.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+    check_module(model)
+    if not is_number(weight_decay) or not weight_decay >= 0:
         raise ValueError(
             f"weight_decay must be a number >= 0, got {weight_decay!r}; pass e.g. 1e-2, or 0 for none"
         )
@@ -145,7 +145,7 @@ def warmup_cosine(
     (``fit(..., scheduler_interval="step")``).
     """
     for name, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise TypeError(f"{name} must be an int (optimizer steps), got {type(value).__name__}")
     if not 0 < warmup_steps < total_steps:
         raise ValueError(
@@ -176,9 +176,9 @@ def digit_augmentation(degrees: float = 10.0, shift: int = 1) -> Any:
     """
     from torchvision.transforms import v2
 
-    if isinstance(degrees, bool) or not isinstance(degrees, (int, float)) or not 0 <= degrees <= 180:
+    if not is_number(degrees) or not 0 <= degrees <= 180:
         raise ValueError(f"degrees must be in [0, 180], the largest rotation either way, got {degrees!r}")
-    if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= 4:
+    if not is_int(shift) or not 0 <= shift <= 4:
         raise ValueError(
             f"shift must be a whole number of pixels in [0, 4] (the image is 8x8), got {shift!r}"
         )
@@ -280,27 +280,21 @@ class Recipe:
             )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be a positive learning rate, got {self.lr!r}; pass e.g. lr=1e-2")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if (
-            isinstance(self.rotate, bool)
-            or not isinstance(self.rotate, (int, float))
-            or not 0 <= self.rotate <= 180
-        ):
+        if not is_number(self.rotate) or not 0 <= self.rotate <= 180:
             raise ValueError(
                 f"rotate must be in [0, 180] degrees, got {self.rotate!r}; pass 0 for no rotation"
             )
-        if isinstance(self.shift, bool) or not isinstance(self.shift, int) or not 0 <= self.shift <= 4:
+        if not is_int(self.shift) or not 0 <= self.shift <= 4:
             raise ValueError(
                 f"shift must be a whole number of pixels in [0, 4], got {self.shift!r}; pass 0 for no shift"
             )
-        if self.patience is not None and (
-            isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1
-        ):
+        if self.patience is not None and (not is_int(self.patience) or self.patience < 1):
             raise ValueError(
                 f"patience must be a positive int or None (no early stopping), got {self.patience!r}"
             )

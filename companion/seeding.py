@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+from companion.checks import is_int
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python's ``random``, NumPy and PyTorch (CPU and every GPU) with ``seed``.
@@ -19,10 +21,11 @@ def seed_everything(seed: int) -> torch.Generator:
     Bit-identical results also need deterministic kernels on a GPU; that is a
     speed trade-off the book discusses later, so it is not switched on here.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}; pass e.g. seed_everything(0)")
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}; pass a non-negative 32-bit integer")
+    seed = int(seed)  # a NumPy integer too: Python's random.seed takes only int
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds the CPU and all CUDA devices

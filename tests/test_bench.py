@@ -139,7 +139,7 @@ def test_the_goals_are_judged_only_on_the_real_digits(tiny_pipeline_figures):
 
 
 def test_the_data_pipeline_benchmark_refuses_a_pipeline_that_loses_images(tmp_path):
-    from companion.perf import TensorLoader
+    from companion.loading import TensorLoader
 
     root = pipeline_bench.resized_digits_imagefolder(tmp_path / "d", size=8, count=20)
     made = pipeline_bench.pipelines(root, workers=1, fast_epochs=1)

@@ -3,6 +3,7 @@ arguments with a message that says what to pass instead."""
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,7 +111,7 @@ def test_check_initial_loss_refuses_float_targets_a_bad_rtol_and_outputs_that_do
         check_initial_loss(mlp(), x, y.float())
     with pytest.raises(ValueError, match=r"labels of shape \(n,\), one per sample, got shape \(64, 1\)"):
         check_initial_loss(mlp(), x, y.unsqueeze(1))
-    with pytest.raises(ValueError, match=r"rtol must be a number between 0 and 1.*rtol=0.1"):
+    with pytest.raises(ValueError, match=r"rtol must be in \(0, 1\), got 1.5; pass e.g. rtol=0.1"):
         check_initial_loss(mlp(), x, y, rtol=1.5)
     with pytest.raises(ValueError, match=r"outputs 3 class scores.*label 3"):  # fit's own check
         check_initial_loss(mlp(classes=3), x, y)
@@ -277,10 +278,63 @@ def test_a_non_finite_gradient_warns_and_points_to_find_nan_source():
     assert "find_nan_source" in str(caught[0].message)
 
 
+def float16_steps(monitor, steps, init_scale):
+    """A float16 loop on the CPU as fit runs it with precision="16": autocast, GradScaler, unscale, record, step."""
+    companion.seed_everything(0)
+    model, (x, y) = mlp(), blobs()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    finite = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        monitor.record(model, scaler=scaler)
+        finite.append(all(bool(p.grad.isfinite().all()) for p in model.parameters()))
+        scaler.step(optimizer)  # skips the step when the gradients are not finite, and halves the scale
+        scaler.update()
+    return finite
+
+
+def test_the_overflows_a_grad_scaler_skips_are_recorded_without_an_exploding_warning():
+    monitor = GradientNormMonitor()
+    finite, caught = caught_warnings(lambda: float16_steps(monitor, steps=14, init_scale=2.0**24))
+    assert not finite[0] and finite[-1]  # it overflowed float16 at first, then the scale fitted
+    assert monitor.skipped == [i + 1 for i, ok in enumerate(finite) if not ok]
+    assert caught == [] and monitor.alerts == []
+
+
+def test_gradients_not_finite_even_at_a_scale_below_one_still_warn():
+    model = nn.Linear(2, 1)
+    model.weight.grad = torch.tensor([[math.inf, 0.0]])
+    model.bias.grad = torch.zeros(1)
+    monitor = GradientNormMonitor()
+    _, caught = caught_warnings(
+        lambda: monitor.record(model, scaler=torch.amp.GradScaler("cpu", init_scale=0.5))
+    )
+    assert len(caught) == 1 and str(caught[0].message).startswith("exploding gradients at step 1: non-finite")
+    assert monitor.skipped == []
+
+
+def test_the_monitor_in_fit_reads_the_scaler_from_fit_s_state():
+    model = nn.Linear(2, 1)
+    model.weight.grad = torch.tensor([[math.inf, 0.0]])
+    model.bias.grad = torch.zeros(1)
+    monitor = GradientNormMonitor()
+    state = SimpleNamespace(model=model, global_step=4, scaler=torch.amp.GradScaler("cpu"))  # as FitState
+    _, caught = caught_warnings(lambda: monitor.on_before_optimizer_step(state))
+    assert caught == [] and monitor.skipped == [5]
+    state.scaler = None  # float32: the same gradients are the model's own
+    _, caught = caught_warnings(lambda: monitor.on_before_optimizer_step(state))
+    assert len(caught) == 1 and "non-finite" in str(caught[0].message)
+
+
 def test_the_monitor_refuses_bad_thresholds_and_plots_only_what_it_recorded():
     with pytest.raises(ValueError, match=r"explode_factor must be a number above 1.*explode_factor=10"):
         GradientNormMonitor(explode_factor=1)
-    with pytest.raises(ValueError, match=r"vanish_ratio must be a number between 0 and 1"):
+    with pytest.raises(ValueError, match=r"vanish_ratio must be in \(0, 1\)"):
         GradientNormMonitor(vanish_ratio=0)
     monitor = GradientNormMonitor()
     with pytest.raises(ValueError, match=r"nothing recorded yet"):
@@ -357,6 +411,44 @@ def test_find_nan_source_refuses_a_loss_that_is_not_callable():
         find_nan_source(mlp(), x, y, "cross_entropy")
 
 
+class LogInForward(nn.Module):
+    """The nan comes from the parent's own torch.log, between two children that only compute."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.second(torch.log(self.first(x)))  # log of the negative outputs: nan
+
+
+def test_a_nan_made_in_a_parent_s_forward_is_blamed_on_the_parent_not_the_child_it_reaches():
+    companion.seed_everything(0)
+    x, y = blobs()
+    source = find_nan_source(LogInForward(), x, y, nn.CrossEntropyLoss())
+    assert (source.phase, source.module, source.module_type) == ("forward", "(the model)", "LogInForward")
+
+
+class SqrtOfRelu(nn.Module):
+    def forward(self, x):
+        return torch.sqrt(torch.relu(x))  # sqrt at 0 (every negative input): gradient 1 / (2 sqrt(0)) = inf
+
+
+def test_an_infinite_gradient_is_traced_to_its_op_as_a_nan_is():
+    companion.seed_everything(0)
+    model = nn.Sequential(nn.Linear(8, 16), SqrtOfRelu(), nn.Linear(16, 4))
+    x, y = blobs()
+    source = find_nan_source(model, x, y, nn.CrossEntropyLoss())
+    assert source is not None
+    assert (source.phase, source.op, source.value) == ("backward", "SqrtBackward0", "inf")
+    assert (source.module, source.module_type) == ("1", "SqrtOfRelu")
+    assert (
+        source.code
+        == "return torch.sqrt(torch.relu(x))  # sqrt at 0 (every negative input): gradient 1 / (2 sqrt(0)) = inf"
+    )
+    assert str(source).startswith("backward: SqrtBackward0 returned inf, in module 1 (SqrtOfRelu)")
+
+
 # --- check_gradient --------------------------------------------------------------------------------
 
 
@@ -396,6 +488,34 @@ def test_check_gradient_refuses_single_precision_no_gradient_and_no_function():
         check_gradient(Cube.apply)
     with pytest.raises(TypeError, match=r"fn must be callable"):
         check_gradient(None, x32.double())
+
+
+class CubeWrongShape(Cube):
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.sum().expand(2)  # two numbers for an input of five
+
+
+class CubeTwoGradients(Cube):
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad  # one input, two gradients
+
+
+class CubeBadForward(Cube):
+    @staticmethod
+    def forward(ctx, x):
+        return x @ torch.ones(3, dtype=x.dtype)  # the forward itself fails for an input of five
+
+
+def test_a_gradient_of_the_wrong_shape_or_count_fails_the_check_with_autograd_s_reason():
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    shape = check_gradient(CubeWrongShape.apply, x)
+    assert not shape.passed and "invalid gradient at index 0 - got [2]" in shape.message
+    count = check_gradient(CubeTwoGradients.apply, x)
+    assert not count.passed and "incorrect number of gradients (expected 1, got 2)" in count.message
+    with pytest.raises(RuntimeError):  # an error that is not about the gradients is not a check's result
+        check_gradient(CubeBadForward.apply, x)
 
 
 # --- read_learning_curves --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import companion
+from companion import lr_finder
 from companion.datasets import make_linear_regression
 from companion.linear import hessian
 from companion.lr_finder import LRFindResult, lr_find, smooth_losses, zero_lag_smooth
@@ -151,7 +152,7 @@ def test_bad_objects_are_refused_with_what_to_pass():
     with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
         lr_find(model, loader, nn.CrossEntropyLoss(), "adam")
     other = torch.optim.SGD(small_classifier().parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="holds none of the model's parameters"):
+    with pytest.raises(ValueError, match="none of them the model's"):  # fit's own check and wording
         lr_find(model, loader, nn.CrossEntropyLoss(), other)
     with pytest.raises(TypeError, match="loss_fn must be callable"):
         lr_find(model, loader, "cross-entropy", sgd)
@@ -160,8 +161,12 @@ def test_bad_objects_are_refused_with_what_to_pass():
     with pytest.raises(TypeError, match=r"each batch of loader must be a pair \(inputs, targets\)"):
         lr_find(model, [torch.zeros(4, 8)] * 10, nn.CrossEntropyLoss(), sgd)
     empty = DataLoader(TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)))
-    with pytest.raises(ValueError, match="loader yielded no batches"):
+    with pytest.raises(ValueError, match="loader is empty, it yields no batches"):  # fit's wording
         lr_find(model, empty, nn.CrossEntropyLoss(), sgd)
+    with pytest.raises(
+        ValueError, match="loader yielded no batches"
+    ):  # one without a length: found out later
+        lr_find(model, iter(()), nn.CrossEntropyLoss(), sgd)
 
 
 def test_a_range_that_misses_the_breakdown_says_which_end_to_move():
@@ -181,3 +186,60 @@ def test_targets_that_do_not_fit_the_output_are_refused_before_training():
     flat = DataLoader(TensorDataset(X, y.squeeze(1)), batch_size=64)  # (n,) targets for (n, 1) outputs
     with pytest.raises(ValueError, match="differ"):
         lr_find(model, flat, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_a_loss_that_goes_below_zero_runs_as_its_shifted_copy_once_given_its_floor():
+    # MSE - 1 has MSE's gradients, so the same steps; measured from floor=-1 it must stop where MSE stops
+    def shifted(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(output, target) - 1.0
+
+    runs = []
+    for loss_fn, floor in ((nn.MSELoss(), 0.0), (shifted, -1.0)):
+        model, loader, _ = least_squares(512)
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+        runs.append(lr_find(model, loader, loss_fn, sgd, start_lr=1e-4, floor=floor))
+    plain, below = runs
+    assert min(below.losses) < 0  # the loss did go below 0
+    assert below.lrs == plain.lrs and below.suggestion == plain.suggestion
+    assert below.losses == pytest.approx([v - 1 for v in plain.losses], abs=1e-5)
+    assert "exceeded 4 times its lowest" in below.stopped and "floor=-1" in below.stopped
+    assert len(below.lrs) < 100  # it stopped where the loss diverged, not at once
+
+
+def test_a_negative_cosine_loss_without_its_floor_is_refused_saying_what_to_pass():
+    model, loader, _ = least_squares(512)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def negative_cosine(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -nn.functional.cosine_similarity(output, target, dim=0).mean()
+
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"below floor=0.*floor=-1 for a negative cosine similarity"):
+        lr_find(model, loader, negative_cosine, sgd, start_lr=1e-4)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="floor must be a finite number"):
+        lr_find(model, loader, negative_cosine, sgd, floor=-math.inf)
+
+
+def test_a_loader_with_persistent_workers_is_refused_before_any_worker_starts():
+    model, loader = small_classifier(), classification_loader()
+    persistent = DataLoader(loader.dataset, batch_size=32, num_workers=1, persistent_workers=True)
+    with pytest.raises(
+        ValueError, match=r"persistent_workers=True.*cannot put them back.*persistent_workers=False"
+    ):
+        lr_find(model, persistent, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1))
+    assert persistent._iterator is None  # no worker was started
+
+
+def test_check_output_false_skips_fit_s_output_check_as_in_fit(monkeypatch):
+    def refuse(output, targets, loss_fn=None):
+        raise ValueError("check_output_fits ran")
+
+    monkeypatch.setattr(lr_finder, "check_output_fits", refuse)
+    model, loader, _ = least_squares(512)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="check_output_fits ran"):
+        lr_find(model, loader, nn.MSELoss(), sgd, start_lr=1e-4)
+    assert lr_find(model, loader, nn.MSELoss(), sgd, start_lr=1e-4, check_output=False).suggestion > 0
+    with pytest.raises(TypeError, match="check_output must be True or False"):
+        lr_find(model, loader, nn.MSELoss(), sgd, check_output=0)

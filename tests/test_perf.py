@@ -4,27 +4,29 @@ TensorLoader as a drop-in DataLoader, the CPU's bf16 case; and chapter 7's resiz
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.utils.data import DataLoader, TensorDataset
 
 import companion
+import companion.device
 from companion import perf
 from companion.datasets import resized_digits_imagefolder
-from companion.loading import CachedDataset
+from companion.device import bf16_case, cpu_flags
+from companion.loading import CachedDataset, TensorLoader
 from companion.perf import (
     Comparison,
-    TensorLoader,
     Timing,
     batch_size_of,
-    bf16_case,
     compare,
     consume,
-    cpu_flags,
     loader_throughput,
     measure,
+    operator_table,
     split_epoch,
     throughput,
     top_operators,
@@ -118,7 +120,7 @@ def test_timing_reports_the_median_and_the_interquartile_range():
     "kwargs, error, message",
     [
         (dict(repeat=0), ValueError, "repeat must be at least 1, got 0; pass e.g. repeat=5"),
-        (dict(warmup=-1), ValueError, "warmup must be 0 or more, got -1"),
+        (dict(warmup=-1), ValueError, "warmup must be at least 0, got -1"),  # companion.checks wording
         (dict(number=1.5), TypeError, "number must be an int, got float"),
         (dict(repeat=True), TypeError, "repeat must be an int, got bool"),
         (dict(device=3), TypeError, "device must be a torch.device, a name such as 'cuda', or None, got int"),
@@ -277,6 +279,65 @@ def test_top_operators_finds_the_matrix_product_that_dominates():
         top_operators(lambda: None, steps=0)
 
 
+def event(key, *, cpu_us=0.0, device_us=0.0, on_device=False, annotation=False, count=2):
+    """An entry of ``profile.key_averages()`` with the fields the table reads (FunctionEventAvg's names)."""
+    return SimpleNamespace(
+        key=key,
+        count=count,
+        self_cpu_time_total=cpu_us,
+        self_device_time_total=device_us,
+        device_type=DeviceType.CUDA if on_device else DeviceType.CPU,
+        is_legacy=False,
+        is_user_annotation=annotation,
+    )
+
+
+# A CUDA step as Kineto records it: two operators, the kernel each launched (the same time again, as a
+# device event of its own), and a GPU-side user annotation spanning both kernels.
+CUDA_STEP = [
+    event("aten::mm", cpu_us=50.0, device_us=600.0),
+    event("aten::add", cpu_us=30.0, device_us=200.0),
+    event("gemm_kernel", device_us=600.0, on_device=True),
+    event("elementwise_kernel", device_us=200.0, on_device=True),
+    event("train_step", device_us=800.0, on_device=True, annotation=True),
+]
+
+
+def test_gpu_shares_are_of_the_kernels_time_counted_once_as_torch_s_own_table_counts_it():
+    table = operator_table(CUDA_STEP, steps=2, device_time=True)
+    assert table.names() == ["aten::mm", "aten::add"]  # the operators; their kernels are not rows again
+    assert [row.share for row in table.rows] == [pytest.approx(0.75), pytest.approx(0.25)]
+    assert table.rows[0].self_seconds_per_step == pytest.approx(300e-6)
+    assert "GPU self/step" in str(table)
+
+
+def test_top_operators_on_cuda_counts_each_gpu_second_once(monkeypatch):
+    class FakeProfile:
+        def __init__(self, activities):
+            assert torch.profiler.ProfilerActivity.CUDA in activities
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def key_averages(self):
+            return CUDA_STEP
+
+    monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
+    monkeypatch.setattr(perf, "synchronize", lambda device=None: None)  # no GPU here
+    table = top_operators(lambda: None, steps=2, device="cuda")
+    assert table.device_time
+    assert [row.share for row in table.rows] == [pytest.approx(0.75), pytest.approx(0.25)]  # not 0.25, 0.08
+
+
+def test_the_cpu_table_is_every_event_s_self_cpu_time():
+    table = operator_table(CUDA_STEP[:2], steps=1, top=1)
+    assert table.names() == ["aten::mm"] and table.rows[0].share == pytest.approx(50 / 80)
+    assert not table.device_time
+
+
 # --- TensorLoader ---------------------------------------------------------------------------------------
 
 
@@ -390,7 +451,7 @@ def test_bf16_case_reads_the_flags_of_proc_cpuinfo(tmp_path, line, case):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\n{line}\n\nprocessor\t: 1\n{line}\n")
     assert bf16_case(cpu_flags(cpuinfo)) == case
-    assert case in perf.BF16_CASES
+    assert case in companion.device.BF16_CASES
 
 
 def test_bf16_case_is_unknown_where_the_flags_cannot_be_read(tmp_path):

@@ -46,6 +46,13 @@ def test_seed_that_is_not_an_int_is_a_type_error(bad):
         seed_everything(bad)
 
 
+def test_a_numpy_integer_seeds_as_the_same_python_int_does():
+    seed_everything(np.int64(7))
+    numpy_seeded = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(7)
+    assert numpy_seeded == (random.random(), np.random.rand(), torch.rand(1).item())
+
+
 def test_default_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_device() == torch.device("cuda")

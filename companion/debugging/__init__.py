@@ -1,0 +1,53 @@
+r"""Checks that find out why training fails (chapter 9, "Debugging training"), one module per kind of check.
+
+Each check answers one question a careful practitioner asks before trusting a run:
+
+- :mod:`~companion.debugging.sanity`, before a real run. :func:`check_initial_loss`: does an untrained
+  classifier start at the loss of a uniform guess, :math:`\ln C`? :func:`overfit_one_batch`: can the model
+  and the loss drive the loss on one batch to near zero?
+- :mod:`~companion.debugging.gradients`. :class:`GradientNormMonitor`: does each layer's gradient keep a
+  sane size while ``fit`` trains? :func:`check_gradient`: does a hand-written ``backward`` agree with finite
+  differences?
+- :mod:`~companion.debugging.nonfinite`. :func:`find_nan_source`: which module or operation first produces
+  ``nan`` or ``inf``?
+- :mod:`~companion.debugging.curves`. :func:`read_learning_curves`: what do the training and validation
+  curves of a :class:`History` say?
+- :mod:`~companion.debugging.hygiene`. :func:`modules_in_training_mode`, :func:`yields_same_batches`,
+  :func:`shared_samples`: is the evaluation honest (eval mode, the same validation data every time, no
+  sample in two splits)?
+
+Every name is importable from here, ``from companion.debugging import find_nan_source``, as chapter 9 does.
+Imports run one way: these modules use :mod:`companion.train`, :mod:`companion.callbacks` and
+:mod:`companion.history`, and none of them uses this package.
+"""
+
+from companion.debugging.curves import CurveReading, read_learning_curves
+from companion.debugging.gradients import (
+    GradientCheck,
+    GradientNormMonitor,
+    GradientWarning,
+    check_gradient,
+    layer_gradient_norms,
+)
+from companion.debugging.hygiene import modules_in_training_mode, shared_samples, yields_same_batches
+from companion.debugging.nonfinite import NanSource, find_nan_source
+from companion.debugging.sanity import InitialLoss, OverfitResult, check_initial_loss, overfit_one_batch
+
+__all__ = [
+    "CurveReading",
+    "GradientCheck",
+    "GradientNormMonitor",
+    "GradientWarning",
+    "InitialLoss",
+    "NanSource",
+    "OverfitResult",
+    "check_gradient",
+    "check_initial_loss",
+    "find_nan_source",
+    "layer_gradient_norms",
+    "modules_in_training_mode",
+    "overfit_one_batch",
+    "read_learning_curves",
+    "shared_samples",
+    "yields_same_batches",
+]
