@@ -31,6 +31,7 @@ import importlib.metadata  # noqa: E402 (the stderr patch above stays first and 
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -63,7 +64,7 @@ def inductor_cache_dir(root: Path) -> Path:
     flags_hash = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:10]
     kernels = torch.backends.cpu.get_cpu_capability().lower()
     key = f"torch-{torch.__version__}-{kernels}-{torch.get_num_threads()}threads-cpu-{flags_hash}"
-    return root / key.replace("+", "_")
+    return root / re.sub(r"[^\w.-]+", "_", key)  # torch 2.6 calls the default kernels "NO AVX"
 
 
 def inductor_cache_root(rootpath: Path) -> Path:

@@ -53,7 +53,8 @@ def test_every_kernel_set_and_thread_count_of_test_portable_gets_its_own_cache()
     ):  # an AVX2 machine: its native kernels *are* avx2, one cache is right
         del dirs[(None, 2)]
     assert len(set(dirs.values())) == len(dirs), dirs
-    assert all("default" in d for (cap, _), d in dirs.items() if cap == "default")
+    # torch names the kernels in the directory: "default" (2.14) or "no_avx" (2.6)
+    assert all(("default" in d or "no_avx" in d) for (cap, _), d in dirs.items() if cap == "default")
 
 
 def test_the_same_kernel_set_finds_the_same_cache_again():
