@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test test-portable test-site lint lab bench clean
+.PHONY: book test test-portable test-spawn test-floor test-site lint lab bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,36 @@ test-portable: $(STAMP)  ## every chapter under strict nbval with other CPU kern
 	  if [ $$cap = native ]; then unset ATEN_CPU_CAPABILITY; else export ATEN_CPU_CAPABILITY=$$cap; fi; \
 	  OMP_NUM_THREADS=$$threads $(BIN)/python -m pytest book -q || exit 1; \
 	done; echo "test-portable: every chapter passed strict nbval under $(PORTABLE)"
+
+# macOS and Windows start DataLoader workers with `spawn` (Python 3.14 on Linux with `forkserver`): a worker is a
+# fresh interpreter that must import all it needs. The chapters that start workers run again under strict nbval
+# with every kernel's start method set to spawn (tests/ipython_spawn's start-up file; tests/test_spawn.py).
+SPAWN_CHAPTERS := book/05_data_loading.ipynb book/07_speed.ipynb
+
+test-spawn: $(STAMP)  ## the chapters that start DataLoader workers, with workers started by spawn
+	IPYTHONDIR=$(CURDIR)/tests/ipython_spawn $(BIN)/python -m pytest $(SPAWN_CHAPTERS) -q
+
+# The oldest torch and torchvision the book claims, proven: a second environment (FLOOR) with exactly the pins of
+# requirements-floor.txt, installed once like .venv. The index holds only CUDA builds of torch 2.6, several GB.
+# The unit tests, then every chapter under --nbval-lax: every cell runs and every assert holds, printed digits
+# may differ (both parts run; it fails when either fails). Its own Inductor cache, so that no kernel compiled by
+# another torch is reused. The weekly workflow runs this target with FLOOR=.venv-newest and the pins lifted
+# (.github/workflows/newest-torch.yml).
+FLOOR      ?= .venv-floor
+FLOOR_REQS ?= requirements-floor.txt
+
+$(FLOOR)/.installed: $(FLOOR_REQS) pyproject.toml
+	test -x $(FLOOR)/bin/python || $(PYTHON) -m venv $(FLOOR)
+	$(FLOOR)/bin/python -m pip install --upgrade pip
+	$(FLOOR)/bin/python -m pip install -r $(FLOOR_REQS)
+	touch $@
+
+test-floor: $(FLOOR)/.installed  ## unit tests and every chapter (--nbval-lax) on the oldest torch and torchvision
+	@$(FLOOR)/bin/python -c "import torch, torchvision; print('test-floor: torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	@export TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/$(FLOOR)/inductor-cache; \
+	  echo "== test-floor: the unit tests"; $(FLOOR)/bin/python -m pytest tests -q; tests=$$?; \
+	  echo "== test-floor: every chapter, --nbval-lax"; $(FLOOR)/bin/python -m pytest book -q --nbval-lax; book=$$?; \
+	  test $$tests = 0 && test $$book = 0
 
 # The site in a real browser: Debian's chromium and chromium-driver, installed here when missing (as root,
 # or through sudo); never a browser that downloads itself. site_tests/ is outside `make test` (testpaths).
