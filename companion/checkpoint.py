@@ -280,7 +280,8 @@ def _load_error(obj: Any) -> str | None:
     except Exception as error:  # refused by the loader, or not even picklable: it would not resume
         text = str(error)
         _, found, reason = text.partition("WeightsUnpickler error: ")
-        return (reason if found else text).split(". ")[0].splitlines()[0].strip() or type(error).__name__
+        first = (reason if found else text).split(". ")[0].splitlines()  # none when the message is empty
+        return (first[0].strip() if first else "") or type(error).__name__
     return None
 
 

@@ -432,3 +432,111 @@ def test_an_error_in_a_callback_calls_on_exception_of_every_callback_and_not_on_
     assert "on_exception" in HOOKS and not model.training
     fit(model, train, loss_fn, opt, 1, callbacks=[seen], progress=False)
     assert seen.calls[-1] == ("on_fit_end",), "a run that ends well calls on_fit_end"
+
+
+# --- what the mutation tests asked for (issue 17) ------------------------------------------------------
+
+
+def one_epoch_state(rows, **kwargs):
+    """A FitState at the end of epoch ``len(rows)``, with ``rows`` as its history."""
+    model = nn.Linear(2, 1)
+    history = History(rows)
+    return FitState(
+        model, sgd(model), None, len(rows), torch.device("cpu"), history, epoch=len(rows), **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    "callback, who",
+    [
+        (EarlyStopping("val_loss"), "EarlyStopping"),
+        (Checkpoint("unused.pt", monitor="val_loss"), "Checkpoint"),
+    ],
+)
+def test_a_monitor_fit_does_not_record_is_named_with_the_callback_and_the_metrics_it_records(callback, who):
+    state = one_epoch_state([{"epoch": 1, "train_loss": 0.5, "lr": 0.1}])
+    message = (
+        rf"^{who} monitors 'val_loss', which this fit does not record; it records \['train_loss', 'lr'\]: "
+        r"pass val_loader to fit, or monitor one of those$"
+    )
+    with pytest.raises(ValueError, match=message):
+        callback.on_train_epoch_end(state)
+
+
+def test_early_stopping_waits_five_epochs_by_default_and_one_is_the_least_patience():
+    stopper, stopped = early_stopping_run([1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+    assert (stopper.patience, stopped) == (5, 6)
+    stopper, stopped = early_stopping_run([1.0, 2.0, 0.5], patience=1)
+    assert (stopper.best_epoch, stopped) == (1, 2)
+
+
+def test_an_equal_value_is_no_improvement_in_max_mode_either():
+    stopper, stopped = early_stopping_run([0.5, 0.5, 0.5], patience=2, mode="max")
+    assert (stopper.best_epoch, stopped) == (1, 3)
+
+
+def test_early_stopping_starts_from_nothing():
+    stopper = EarlyStopping()
+    state = stopper.state_dict()
+    assert math.isnan(state.pop("best"))
+    assert state == {"best_epoch": 0, "wait": 0, "stopped_epoch": 0, "best_weights": None}
+
+
+def test_early_stopping_without_a_finite_value_or_without_restoring_leaves_the_last_weights():
+    for restore, values in ((True, [math.nan, math.nan, math.nan]), (False, [1.0, 2.0, 3.0])):
+        stopper = EarlyStopping(patience=5, restore_best_weights=restore)
+        state = one_epoch_state([])
+        stopper.on_fit_start(state)
+        for epoch, v in enumerate(values, 1):
+            state.epoch = epoch
+            state.history.append({"epoch": epoch, "val_loss": v})
+            stopper.on_train_epoch_end(state)
+        last = params(state.model)
+        stopper.on_fit_end(state)
+        assert_same_params(params(state.model), last)
+
+
+def test_checkpoint_settings_that_do_not_fit_together_are_refused_in_full(tmp_path):
+    with pytest.raises(ValueError, match=r"a second Checkpoint can save every n epochs\)$"):
+        Checkpoint(tmp_path / "c.pt", monitor="val_loss", every_n_epochs=2)
+    with pytest.raises(ValueError, match=r"^mode says which way monitor improves: .* or leave mode out$"):
+        Checkpoint(tmp_path / "c.pt", mode="max")
+
+
+def test_a_monitored_checkpoint_follows_the_mode_it_is_given(tmp_path):
+    rows = [{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_loss": 2.0}]
+    assert Checkpoint(tmp_path / "c.pt", monitor="val_loss", mode="max").due(one_epoch_state(rows))
+    assert not Checkpoint(tmp_path / "c.pt", monitor="val_loss").due(one_epoch_state(rows))
+
+
+def test_a_checkpoint_saves_the_scaler_and_the_step_count(tmp_path):
+    path = tmp_path / "c.pt"
+    scaler = torch.amp.GradScaler("cpu", init_scale=64.0)
+    state = one_epoch_state([{"epoch": 1, "train_loss": 0.5}], scaler=scaler, global_step=7)
+    Checkpoint(path).on_train_epoch_end(state)
+    saved = read_checkpoint(path)
+    assert saved.global_step == 7 and saved._state["scaler"]["scale"] == 64.0
+
+
+def test_csv_logger_makes_missing_folders_and_leaves_a_missing_metric_empty(tmp_path):
+    log = tmp_path / "runs" / "7" / "metrics.csv"
+    state = one_epoch_state(
+        [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4, "val_loss": 0.3}]
+    )
+    CSVLogger(log).on_train_epoch_end(state)
+    with open(log, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [
+        {"epoch": "1", "train_loss": "0.5", "val_loss": ""},
+        {"epoch": "2", "train_loss": "0.4", "val_loss": "0.3"},
+    ]
+
+
+def test_checkpoint_and_csv_logger_show_their_settings(tmp_path):
+    assert repr(Checkpoint("runs/best.pt", monitor="val_accuracy")) == (
+        "Checkpoint('runs/best.pt', monitor='val_accuracy', mode='max')"
+    )
+    assert (
+        repr(Checkpoint("runs/last.pt", every_n_epochs=2)) == "Checkpoint('runs/last.pt', every_n_epochs=2)"
+    )
+    assert repr(CSVLogger("runs/log.csv")) == "CSVLogger('runs/log.csv')"

@@ -392,3 +392,311 @@ def test_a_class_allowed_with_safe_globals_saves_and_resumes(tmp_path):
             resume_from=path,
         )
     assert resumed.window.values == [1, 2, 3]
+
+
+# --- what the mutation tests asked for (issue 17) ------------------------------------------------------
+
+
+def test_weights_that_do_not_fit_are_listed_four_at_most_then_counted():
+    three_layers = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_plain_state_dict(three_layers, {})
+    assert str(info.value) == (
+        "the weights do not fit this model: the model has weights the checkpoint lacks: "
+        "0.weight, 0.bias, 1.weight, 1.bias and 2 more"
+    )
+    with pytest.raises(CheckpointError, match=r"lacks: 0.weight, 0.bias, 1.weight, 1.bias$"):
+        ckpt.load_plain_state_dict(three_layers[:2], {})
+
+
+def test_the_generators_of_a_loader_are_found_through_its_sampler_and_its_batch_sampler():
+    data = torch.utils.data.TensorDataset(torch.arange(8.0))
+    g = torch.Generator()
+    sampler = torch.utils.data.RandomSampler(data, generator=g)
+    unbatched = torch.utils.data.DataLoader(data, batch_size=None, sampler=sampler)
+    batched = torch.utils.data.DataLoader(
+        data, batch_sampler=torch.utils.data.BatchSampler(sampler, 4, False)
+    )
+    assert unbatched.batch_sampler is None and batched.sampler is not sampler
+    assert ckpt.loader_generators(unbatched) == [g] and ckpt.loader_generators(batched) == [g]
+
+
+def test_workers_that_are_not_persistent_do_not_stop_a_resume(tmp_path):
+    path, model, train, opt, sched = saved_run(tmp_path)
+    workers = torch.utils.data.DataLoader(
+        train.dataset, batch_size=8, shuffle=True, generator=torch.Generator(), num_workers=2
+    )
+    read_checkpoint(path).check(model=model, train_loader=workers)  # no worker starts: nothing raises
+
+
+def test_persistent_workers_are_refused_naming_which_loader_had_them(tmp_path):
+    path, model, train, opt, sched = saved_run(tmp_path)
+    persistent = torch.utils.data.DataLoader(
+        train.dataset, batch_size=8, generator=torch.Generator(), num_workers=1, persistent_workers=True
+    )
+    tail = (
+        r" training DataLoader has persistent_workers=True. Its workers draw their random seed once, in the "
+        r"loader's first epoch, so a resumed run would shuffle and augment differently from the uninterrupted "
+        r"one: a resume is exact only with persistent_workers=False. To go on anyway, inexactly, load the "
+        r"state with load_checkpoint\(path, model=..., optimizer=..., scheduler=..., restore_rng=False\) "
+        r"and fit the remaining epochs$"
+    )
+    with pytest.raises(CheckpointError, match=r": this" + tail):
+        read_checkpoint(path).check(model=model, train_loader=persistent)
+    saved = read_checkpoint(path)
+    saved._state["persistent_workers"] = True
+    with pytest.raises(CheckpointError, match=r": the saved run's" + tail):
+        saved.check(model=model, train_loader=train)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_checkpoint_with_cuda_generators_resumes_on_a_machine_without_cuda(tmp_path):
+    path, model, train, opt, sched = saved_run(tmp_path)
+    saved = read_checkpoint(path)
+    saved._state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
+    saved.restore(model=model, optimizer=opt, scheduler=sched, train_loader=train)  # CUDA's state is skipped
+
+
+def test_set_rng_state_refuses_a_loader_with_other_generators_in_full(tmp_path):
+    path, model, train, opt, sched = saved_run(tmp_path)
+    unseeded = torch.utils.data.DataLoader(train.dataset, batch_size=8, shuffle=True)
+    message = (
+        r"^cannot restore these random generators: it holds 1 DataLoader generator state\(s\) but train_loader "
+        r"has 0 generator\(s\): resume with a loader built the same way "
+        r"\(DataLoader\(..., generator=torch.Generator\(\)\) if it had one\)$"
+    )
+    with pytest.raises(CheckpointError, match=message):
+        ckpt.set_rng_state(read_checkpoint(path)._state["rng"], unseeded)
+    with pytest.raises(CheckpointError, match=r"train_loader has 0 generator"):
+        read_checkpoint(path).check(model=model, train_loader=unseeded)  # restore_rng=True by default
+
+
+def test_a_checkpoint_is_written_into_folders_it_makes(tmp_path):
+    path = save_checkpoint(tmp_path / "runs" / "7" / "c.pt", model=make_model())
+    assert read_checkpoint(path).epoch == 0
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("\nthe first line of this message is blank")
+
+
+def test_a_state_that_cannot_even_be_pickled_is_refused_with_the_pickle_error():
+    for bad, reason in (
+        (lambda: 0, r"\(Can't (pickle|get local object).*lambda"),
+        (Unpicklable(), r"\(RuntimeError\)"),
+    ):
+        with pytest.raises(CheckpointError, match=reason):
+            ckpt._check_reads_back({"extra": {"x": bad}, "callbacks": []}, [])
+
+
+def test_a_refused_value_is_shown_whole_up_to_60_characters_then_cut():
+    def refusal(length):
+        bad = collections.deque(["x" * (length - 11)])  # repr: deque(['xx...x'])
+        with pytest.raises(CheckpointError) as info:
+            ckpt._check_reads_back({"extra": bad, "callbacks": []}, [])
+        return re.search(r"collections.deque \((.*?)\), which", str(info.value)).group(1)
+
+    assert refusal(60) == repr(collections.deque(["x" * 49]))
+    assert refusal(61) == "deque(['" + "x" * 49 + "..."
+    assert len(refusal(61)) == 60
+
+
+def test_a_refused_value_names_the_reason_up_to_its_first_sentence():
+    with pytest.raises(
+        CheckpointError, match=r"refuses \(Unsupported global: GLOBAL collections.deque [^.]*\)\."
+    ):
+        ckpt._check_reads_back({"extra": collections.deque([1]), "callbacks": []}, [])
+
+
+def test_an_optimizer_from_another_update_rule_and_other_groups_is_refused_in_full(tmp_path):
+    path, *_ = saved_run(tmp_path)
+    model = make_model()
+    opt = torch.optim.AdamW([{"params": model[0].parameters()}, {"params": model[3].parameters()}])
+    with pytest.raises(
+        CheckpointError,
+        match=r"given 2 group\(s\) of \[2, 2\] parameters; build the optimizer "
+        r"as for the saved run \(the same groups, over the same parameters, in the same order\)$",
+    ):
+        read_checkpoint(path).check(model=model, optimizer=opt)
+    saved = read_checkpoint(path)
+    saved._state["optimizer_settings"] = ["lr", "nu", "zeta"]
+    with pytest.raises(
+        CheckpointError, match=r"does not: nu, zeta; resume with the optimizer \(and update rule\)"
+    ):
+        saved.check(model=model, optimizer=torch.optim.AdamW(model.parameters()))
+
+
+def test_a_checkpoint_of_another_number_of_processes_is_refused_unless_only_the_weights_load(tmp_path):
+    path, model, train, opt, sched = saved_run(tmp_path)
+    saved = read_checkpoint(path)
+    saved._state["world_size"] = 2
+    message = (
+        r"it was saved by a run on 2 process\(es\) and this one has 1: each rank resumes its own random "
+        r"generators and its own shard of the data, so resume on as many \(torchrun --nproc_per_node=2 in all\), "
+        r"or load the weights alone \(load_checkpoint\(..., restore_rng=False\)\) and fit the remaining epochs$"
+    )
+    with pytest.raises(CheckpointError, match=message):
+        saved.check(model=model)
+    saved.restore(model=model, restore_rng=False)
+
+
+def test_each_restored_callback_gets_its_own_copy_of_the_saved_state(tmp_path):
+    class Seen(Callback):
+        def __init__(self):
+            self.seen = {"epochs": [1, 2]}
+
+        def on_train_epoch_end(self, state):
+            self.seen["epochs"].append(state.epoch)
+
+        def state_dict(self):
+            return self.seen
+
+        def load_state_dict(self, state):
+            self.seen = state
+
+    path = save_checkpoint(tmp_path / "c.pt", model=make_model(), callbacks=[Seen()])
+    saved = read_checkpoint(path)
+    first, second = Seen(), Seen()
+    saved.restore(model=make_model(), callbacks=[first], restore_rng=False)
+    first.seen["epochs"].append(3)
+    saved.restore(model=make_model(), callbacks=[second], restore_rng=False)
+    assert second.seen == {"epochs": [1, 2]}
+
+
+def test_other_fit_settings_are_refused_in_full(tmp_path):
+    path = save_checkpoint(
+        tmp_path / "c.pt", model=make_model(), fit_settings={"accumulate_grad_batches": 2, "precision": "32"}
+    )
+    message = (
+        r"^cannot load the checkpoint .*c.pt: it was saved by a fit with accumulate_grad_batches=2, "
+        r"precision='32', and this one has accumulate_grad_batches=1, precision='bf16': each shapes every "
+        r"optimizer step \(how many steps an epoch takes, which a per-step scheduler was sized for, and what each "
+        r"step computes\), so the run would not go on as it began. Resume with accumulate_grad_batches=2, "
+        r"precision='32', or load the weights alone \(load_checkpoint\(path, model=..., restore_rng=False\)\) and "
+        r"start a new fit$"
+    )
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(path).check(
+            model=make_model(), fit_settings={"accumulate_grad_batches": 1, "precision": "bf16"}
+        )
+
+
+def test_a_checkpoint_with_the_generators_of_each_rank_restores_this_ranks(tmp_path):
+    torch.manual_seed(1)
+    this_rank = ckpt.rng_state()
+    after = torch.rand(3)
+    torch.manual_seed(2)
+    path = save_checkpoint(tmp_path / "c.pt", model=make_model(), rank_rng=[this_rank])
+    load_checkpoint(path, model=make_model())
+    assert torch.equal(torch.rand(3), after)
+
+
+def test_a_file_of_another_kind_is_refused_saying_what_it_found(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(collections.deque([1]), path)
+    message = (
+        rf"(?s)^{re.escape(str(path))} cannot be read as a checkpoint \(UnpicklingError: .*\): the file is "
+        r"truncated or is not a checkpoint; pass a file that save_checkpoint or Checkpoint wrote$"
+    )
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(path)
+    for saved, found in (
+        ([1, 2], "'list'"),
+        ({"format": "companion.checkpoint/1"}, "'companion.checkpoint/1'"),
+    ):
+        torch.save(saved, path)
+        with pytest.raises(
+            CheckpointError,
+            match=rf"of format 'companion.checkpoint/2' \(found {found}\): pass a file that "
+            r"companion.checkpoint.save_checkpoint or companion.callbacks.Checkpoint wrote$",
+        ):
+            read_checkpoint(path)
+
+
+def test_a_checkpoint_of_a_model_alone_holds_epoch_zero_and_nothing_else_to_restore(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", model=make_model())
+    saved = read_checkpoint(path)
+    assert (saved.epoch, saved.global_step, saved.stopped) == (0, 0, False)
+    assert saved._state["optimizer_class"] is None and saved._state["scheduler_class"] is None
+
+
+class OnlyLoaderAttributes:
+    """A loader of the user's own, with some of a DataLoader's attributes."""
+
+    def __init__(self, **attributes):
+        self.__dict__.update(attributes)
+
+    def __iter__(self):
+        return iter([])
+
+
+@pytest.mark.parametrize(
+    "attributes, persistent",
+    [
+        ({"persistent_workers": True}, False),
+        ({"persistent_workers": True, "num_workers": 0}, False),
+        ({"num_workers": 2}, False),
+        ({"persistent_workers": True, "num_workers": 2}, True),
+    ],
+)
+def test_a_loader_is_recorded_as_persistent_only_with_workers_that_persist(tmp_path, attributes, persistent):
+    loader = OnlyLoaderAttributes(**attributes)
+    path = save_checkpoint(tmp_path / "c.pt", model=make_model(), train_loader=loader)
+    assert read_checkpoint(path)._state["persistent_workers"] is persistent
+
+
+def test_a_callback_with_state_dict_but_no_load_state_dict_is_not_saved(tmp_path):
+    class WriteOnly(Callback):
+        def on_fit_start(self, state):
+            pass
+
+        def state_dict(self):
+            return {"seen": 1}
+
+    path = save_checkpoint(tmp_path / "c.pt", model=make_model(), callbacks=[WriteOnly(), EarlyStopping()])
+    assert [c["name"] for c in read_checkpoint(path)._state["callbacks"]] == ["EarlyStopping"]
+
+
+def test_a_refused_key_is_named_as_a_key_and_a_numpy_scalar_gets_no_safe_globals_advice(tmp_path):
+    class Best(Callback):
+        def on_fit_start(self, state):
+            pass
+
+        def state_dict(self):
+            return {np.int64(3): 0.25}
+
+        def load_state_dict(self, state):
+            pass
+
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(tmp_path / "c.pt", model=make_model(), callbacks=[Best()])
+    message = str(info.value)
+    assert re.search(
+        r"the state_dict\(\) of callback \S*Best \(a key\) is a numpy.int64 \(np.int64\(3\)\)", message
+    )
+    assert message.endswith("(a list, a dict, an int or float, a tensor: e.g. list(...), float(...))")
+
+
+def test_a_directory_is_refused_with_a_file_name_in_it_to_pass(tmp_path):
+    with pytest.raises(
+        ValueError, match=rf"pass a file name such as {re.escape(str(tmp_path / 'last.pt'))}$"
+    ):
+        read_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_with_the_generators_of_two_ranks_belongs_to_two_processes(tmp_path):
+    state = ckpt.rng_state()
+    path = save_checkpoint(tmp_path / "c.pt", model=make_model(), rank_rng=[state, state])
+    with pytest.raises(CheckpointError, match=r"saved by a run on 2 process\(es\) and this one has 1"):
+        load_checkpoint(path, model=make_model())
+
+
+def test_a_state_that_cannot_even_be_pickled_without_a_message_is_named_by_its_error_type():
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError()  # no message at all
+
+    from companion.checkpoint import _load_error
+
+    assert _load_error({"state": Unpicklable()}) == "RuntimeError"

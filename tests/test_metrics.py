@@ -124,3 +124,18 @@ def test_a_class_weighted_loss_with_void_labels_of_255_is_that_loss_over_the_who
     assert measured["accuracy"] == pytest.approx((logits.argmax(1)[kept] == y[kept]).float().mean().item())
     loader = DataLoader(TensorDataset(X, y), batch_size=8)
     assert evaluate(model, loader, loss_fn)["loss"] == pytest.approx(loss_fn(logits, y).item(), rel=1e-6)
+
+
+def test_a_user_metric_returning_a_non_tensor_says_what_type_it_got():
+    meter = EpochMeter(nn.MSELoss(), {"listed": lambda o, t: [0.1, 0.2, 0.3]})
+    with pytest.raises(TypeError, match=r"metric 'listed' must return a scalar tensor.*got list$"):
+        meter.update(torch.tensor(0.0), torch.zeros(4), torch.ones(4))
+
+
+@pytest.mark.parametrize("position", [0, 1])
+def test_a_user_metric_pair_with_a_vector_names_the_metric(position):
+    pair = [torch.tensor(1.0), torch.tensor(2.0)]
+    pair[position] = torch.ones(4)
+    meter = EpochMeter(nn.MSELoss(), {"pair": lambda o, t: tuple(pair)})
+    with pytest.raises(TypeError, match=r"^metric 'pair' must return a scalar tensor.*got \(4,\)$"):
+        meter.update(torch.tensor(0.0), torch.zeros(4), torch.ones(4))

@@ -4,6 +4,7 @@ import pickle
 import random
 import re
 import sys
+import time
 import warnings
 
 import matplotlib
@@ -31,6 +32,7 @@ import companion.train as train_module
 from companion.callbacks import Callback, Checkpoint, EarlyStopping
 from companion.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from companion.history import History
+from companion.strategy import SingleDeviceStrategy
 from companion.train import NonFiniteLossError, check_output_fits, evaluate, fit
 
 matplotlib.use("Agg")
@@ -488,7 +490,7 @@ def test_on_an_accelerator_the_check_runs_at_the_epoch_end_and_names_the_first_b
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 2 of 4") as info:
         fit(model, train, loss_fn, sgd(model), 5, progress=False)
     assert len(calls) == 8, "the epoch ran to its end before the check"
-    assert "the weights may already be nan" in str(info.value)
+    assert "the weights may already be nan" in str(info.value) and info.value.checked_each_step is False
 
 
 def test_non_finite_loss_error_survives_pickling_with_its_fields():
@@ -1199,3 +1201,333 @@ def test_a_step_the_grad_scaler_skips_counts_neither_as_a_step_nor_for_the_sched
         )
     assert 0 < steps.changed < 3 * 8, "some steps were skipped, some taken"
     assert steps.global_step == steps.changed == schedule.last_epoch
+
+
+# --- what the mutation tests asked for (issue 17) ------------------------------------------------------
+
+
+def test_a_non_finite_loss_error_says_where_when_it_was_caught_and_what_to_do():
+    advice = (
+        ". Lower the learning rate, clip the gradients (fit(..., gradient_clip_val=1.0)), or check the inputs "
+        "and targets for nan/inf."
+    )
+    assert str(NonFiniteLossError(math.nan, 2, 3, 10)) == (
+        "the loss is nan at epoch 2, step 3 of 10: training stopped before that step could change the weights"
+        + advice
+    )
+    assert str(NonFiniteLossError(math.inf, 1, 4, None, checked_each_step=False)) == (
+        "the loss is inf at epoch 1, step 4: this device is checked once per epoch (a check per step would "
+        "make it wait for the host), so the steps after that one ran on non-finite numbers and the weights "
+        "may already be nan: resume from a checkpoint of an earlier epoch" + advice
+    )
+
+
+def test_whole_number_float_targets_for_scores_of_two_or_more_classes_are_taken_for_labels():
+    message = (
+        r"^the targets are floats \(torch.float32\) of shape \(4,\) for class scores of shape \(4, 2\): class "
+        r"labels must be integers, so pass targets.long\(\) \(e.g. TensorDataset\(inputs, labels.long\(\)\)\). "
+        r"Float targets of the scores' shape \(4, 2\) would be class probabilities.$"
+    )
+    with pytest.raises(ValueError, match=message):
+        check_output_fits(torch.zeros(4, 2), torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    with pytest.raises(
+        ValueError, match=r"targets.long\(\)"
+    ):  # per-position labels (n, L) for scores (n, C, L)
+        check_output_fits(torch.zeros(2, 3, 4), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize(
+    "target", [torch.tensor([0.5, 1.0, 1.5, 0.0]), torch.zeros(0)], ids=["fractions", "empty"]
+)
+def test_float_targets_that_are_not_whole_numbers_are_not_taken_for_labels(target):
+    with pytest.raises(ValueError) as info:
+        check_output_fits(torch.zeros(len(target), 3), target)
+    assert "targets.long()" not in str(info.value)
+
+
+def test_scores_and_labels_of_other_positions_are_refused_with_both_shapes_in_full():
+    message = r"these scores need targets of shape \(4, 5\), and these targets scores of shape \(4, C, 6\)\.$"
+    with pytest.raises(ValueError, match=message):
+        check_output_fits(torch.zeros(4, 3, 5), torch.zeros(4, 6, dtype=torch.long))
+
+
+def test_an_error_mid_step_leaves_no_gradient_on_the_model_or_on_the_losss_own_parameters():
+    class ScaledLoss(nn.Module):  # a loss with a parameter of its own, which the optimizer also trains
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, output, target):
+            return self.scale * F.cross_entropy(output, target)
+
+    class FailsBeforeTheStep(Callback):
+        def on_before_optimizer_step(self, state):
+            raise RuntimeError("planted")
+
+    model, train, _, _, _, _ = setup()
+    loss_fn = ScaledLoss()
+    # the first layer is frozen in all but name: it gets gradients, but the optimizer does not step it
+    opt = torch.optim.SGD([*model[-1].parameters(), loss_fn.scale], lr=0.1)
+    with pytest.raises(RuntimeError, match="planted"):
+        fit(
+            model,
+            train,
+            loss_fn,
+            opt,
+            1,
+            callbacks=[FailsBeforeTheStep()],
+            check_output=False,
+            progress=False,
+        )
+    assert all(p.grad is None for p in [*model.parameters(), loss_fn.scale])
+
+
+def test_evaluate_names_its_loader_and_its_settings_in_what_it_refuses():
+    model = make_model()
+    loss_fn = nn.CrossEntropyLoss()
+    with pytest.raises(TypeError, match=r"^loader must be an iterable of \(inputs, targets\) batches"):
+        evaluate(model, 3, loss_fn)
+    with pytest.raises(ValueError, match=r"^loader is empty, it yields no batches"):
+        evaluate(model, [], loss_fn)
+    with pytest.raises(
+        TypeError, match=r"^each batch of loader must be a pair \(inputs, targets\), got a Tensor"
+    ):
+        evaluate(model, [torch.zeros(2, 5)], loss_fn)
+    with pytest.raises(TypeError, match=r"^check_output must be True or False, got int 1"):
+        evaluate(model, [(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long))], loss_fn, check_output=1)
+    with pytest.raises(ValueError, match=r"needs a CUDA GPU, but fit runs on cpu"):
+        evaluate(model, [(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long))], loss_fn, precision="16")
+
+
+def test_evaluate_of_a_loader_without_a_length_that_yields_nothing_says_so():
+    with pytest.raises(
+        ValueError, match=r"^loader yielded no samples: pass a loader over at least one sample$"
+    ):
+        evaluate(make_model(), iter([]), nn.CrossEntropyLoss())
+
+
+def test_evaluate_of_a_single_sample_is_its_loss():
+    model = make_model(dropout=0.0)
+    x, y = torch.ones(1, 5), torch.tensor([1])
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x), y).item()
+    assert evaluate(model, [(x, y)], nn.CrossEntropyLoss())["loss"] == pytest.approx(expected)
+
+
+def test_evaluate_refuses_a_loss_per_sample_even_in_a_single_batch():
+    model = make_model()
+    with pytest.raises(ValueError, match=r"^loss_fn must return a scalar tensor, got \(4,\)"):
+        evaluate(
+            model,
+            [(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long))],
+            nn.CrossEntropyLoss(reduction="none"),
+        )
+
+
+def test_evaluate_passes_inputs_that_are_not_tensors_to_the_model_as_they_are():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(5, 3)
+
+        def forward(self, pair):
+            first, second = pair
+            return self.linear(first + second)
+
+    model = Pair()
+    x, y = torch.ones(4, 5), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        expected = F.cross_entropy(model.linear(2 * x), y).item()
+    assert evaluate(model, [((x, x), y)], nn.CrossEntropyLoss())["loss"] == pytest.approx(expected)
+
+
+class RepeatsTwo(SingleDeviceStrategy):
+    """As a DistributedSampler would: the last batch of a DataLoader ends with two repeated samples."""
+
+    def repeats(self, loader):
+        return 2 if isinstance(loader, DataLoader) else 0
+
+
+def test_evaluate_counts_once_the_samples_a_sampler_repeats_at_the_end(monkeypatch):
+    model = make_model(dropout=0.0)
+    X, y = classification_data(10)
+    monkeypatch.setattr(train_module, "current_strategy", RepeatsTwo)
+    with torch.no_grad():
+        logits = model(X)
+    for n, batch_size in ((10, 4), (10, 6), (9, 4), (8, 4)):  # last batches: 2 + 2, 4 + 2, 1 + 2, 0 + 2
+        index = torch.cat([torch.arange(n), torch.arange(2)])  # as a DistributedSampler pads
+        loader = DataLoader(TensorDataset(X[index], y[index]), batch_size=batch_size)
+        expected = F.cross_entropy(logits[:n], y[:n]).item()
+        measured = evaluate(model, loader, nn.CrossEntropyLoss())
+        assert measured["loss"] == pytest.approx(expected, rel=1e-6), (n, batch_size)
+        assert measured["accuracy"] == (logits[:n].argmax(1) == y[:n]).sum().item() / n
+
+
+@pytest.mark.parametrize(
+    "output, target, message",
+    [
+        (
+            torch.zeros(4, 3, 5),
+            torch.zeros(4, 1, 5, dtype=torch.long),
+            r"for targets of shape \(4, 1, 5\): class labels have one dimension less than the scores: pass "
+            r"targets.squeeze\(1\) \(shape \(4, 5\)\)\.$",
+        ),
+        (
+            torch.zeros(4, 3),
+            torch.tensor(1),
+            r"for targets of shape \(\): the model must output one score per class, shape \(n, C\); for "
+            r"regression, pass float targets \(targets.float\(\)\) of the output's shape\.$",
+        ),
+        (
+            torch.zeros(4, 5, 3),
+            torch.zeros(4, 5, dtype=torch.long),
+            r"these have them last: return output.movedim\(-1, 1\) from the model \(shape \(4, 3, 5\)\), or "
+            r"flatten both in a loss of your own, e.g. lambda output, targets: "
+            r"F.cross_entropy\(output.flatten\(0, -2\), targets.flatten\(\)\), which fit calls as it is\.$",
+        ),
+    ],
+    ids=["squeeze", "scalar-target", "classes-last"],
+)
+def test_class_labels_of_the_wrong_shape_are_refused_with_the_shape_to_pass(output, target, message):
+    with pytest.raises(ValueError, match=message):
+        check_output_fits(output, target, nn.CrossEntropyLoss())
+
+
+def test_a_negative_label_other_than_the_ignore_index_names_both():
+    with pytest.raises(
+        ValueError, match=r"hold label -5, .* this loss skips the label -100 \(its ignore_index\)"
+    ):
+        check_output_fits(torch.zeros(4, 3), torch.tensor([0, 1, -5, 2]), nn.CrossEntropyLoss())
+
+
+def test_a_negative_label_for_a_loss_that_skips_none_says_which_labels_to_pass():
+    message = (
+        r"^the targets hold label -100, but class labels run from 0 to 2 and this loss skips no label \(its "
+        r"ignore_index\): pass labels in 0..2, or give the loss the label that marks what to skip, e.g. "
+        r"nn.CrossEntropyLoss\(ignore_index=-100\)\.$"
+    )
+    with pytest.raises(ValueError, match=message):
+        check_output_fits(torch.zeros(4, 3), torch.tensor([0, 1, -100, 2]), nn.MultiMarginLoss())
+
+
+def test_the_range_of_a_single_label_is_checked_too():
+    with pytest.raises(ValueError, match=r"hold label 5: the last layer must output at least 6 scores"):
+        check_output_fits(torch.zeros(1, 3), torch.tensor([5]), nn.CrossEntropyLoss())
+
+
+def test_reduce_lr_on_plateau_without_validation_is_stepped_with_the_training_loss():
+    model, train, _, loss_fn, opt, _ = setup()
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+    history = fit(model, train, loss_fn, opt, 3, scheduler=plateau, progress=False)
+    assert plateau.best == min(history["train_loss"])
+
+
+def test_the_progress_bar_shows_the_losses_and_accuracies_and_nothing_else(capsys):
+    model, train, val, loss_fn, opt, _ = setup()
+    history = fit(model, train, loss_fn, opt, 1, val_loader=val, progress=True)
+    err = capsys.readouterr().err
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert f"{name}={history[name][0]:.4g}" in err
+    assert "lr=" not in err and "seconds=" not in err and "epoch=" not in err
+
+
+class Unsized:
+    """A loader without a length, over the given batches."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_an_epoch_without_batches_is_refused_and_one_of_a_single_sample_trains():
+    model = make_model()
+    loss_fn = nn.CrossEntropyLoss()
+    with pytest.raises(
+        ValueError,
+        match=r"^train_loader yielded no batches in this epoch: pass a loader that yields at least one batch "
+        r"per pass$",
+    ):
+        fit(model, Unsized([]), loss_fn, sgd(model), 1, progress=False)
+    one = Unsized([(torch.ones(1, 5), torch.tensor([1]))])
+    assert len(fit(model, one, loss_fn, sgd(model), 2, progress=False)) == 2
+
+
+def test_an_epochs_seconds_are_its_wall_time():
+    model, train, _, loss_fn, opt, _ = setup()
+    started = time.perf_counter()
+    history = fit(model, train, loss_fn, opt, 2, progress=False)
+    elapsed = time.perf_counter() - started
+    assert all(0 < s < elapsed for s in history["seconds"]) and sum(history["seconds"]) <= elapsed
+
+
+def test_the_output_is_checked_on_the_first_batch_of_a_fit_only(monkeypatch):
+    calls = []
+    real = train_module.check_output_fits
+    monkeypatch.setattr(train_module, "check_output_fits", lambda *a: calls.append(1) or real(*a))
+    model, train, _, loss_fn, opt, _ = setup()
+    fit(model, train, loss_fn, opt, 3, progress=False)
+    assert len(train) == 4 and len(calls) == 1
+
+
+@pytest.mark.parametrize("each_step", [True, False], ids=["cpu", "as-on-an-accelerator"])
+def test_fit_trains_on_the_samples_a_sampler_repeats_but_counts_them_once(monkeypatch, each_step):
+    model = make_model(dropout=0.0)
+    X, y = classification_data(10)
+    monkeypatch.setattr(train_module, "current_strategy", RepeatsTwo)
+    monkeypatch.setattr(train_module, "_checks_each_step", lambda device: each_step)
+    with torch.no_grad():
+        logits = model(X)
+
+    def padded(n, batch_size):  # the first n samples, then two of them again, as a DistributedSampler pads
+        index = torch.cat([torch.arange(n), torch.arange(2)])
+        return DataLoader(TensorDataset(X[index], y[index]), batch_size=batch_size)
+
+    for n, batch_size in ((10, 4), (10, 6), (9, 4), (8, 4)):  # last batches: 2 + 2, 4 + 2, 1 + 2, 0 + 2
+        history = fit(
+            model, padded(n, batch_size), nn.CrossEntropyLoss(), sgd(model, lr=0.0), 1, progress=False
+        )
+        expected = F.cross_entropy(logits[:n], y[:n]).item()
+        assert history["train_loss"][0] == pytest.approx(expected, rel=1e-6), (n, batch_size)
+        assert history["train_accuracy"][0] == (logits[:n].argmax(1) == y[:n]).sum().item() / n
+
+
+def test_fit_tells_a_sampler_with_set_epoch_which_epoch_starts():
+    class Recorded(torch.utils.data.SequentialSampler):
+        epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    model, train, _, loss_fn, opt, _ = setup()
+    sampler = Recorded(train.dataset)
+    fit(model, DataLoader(train.dataset, batch_size=8, sampler=sampler), loss_fn, opt, 3, progress=False)
+    assert sampler.epochs == [0, 1, 2]
+
+
+def test_an_epochs_last_short_group_steps_before_its_last_batch_ends():
+    class Steps(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_end(self, state, loss, batch_idx):
+            self.seen.append(state.global_step)
+
+    model, train, _, loss_fn, opt, _ = setup()
+    steps = Steps()
+    fit(model, train, loss_fn, opt, 1, accumulate_grad_batches=3, callbacks=[steps], progress=False)
+    assert len(train) == 4 and steps.seen == [0, 0, 1, 2]
+
+
+def test_a_training_batch_that_is_not_a_pair_names_train_loader():
+    model = make_model()
+    with pytest.raises(TypeError, match=r"^each batch of train_loader must be a pair \(inputs, targets\)"):
+        fit(model, [torch.zeros(2, 5)], nn.CrossEntropyLoss(), sgd(model), 1, progress=False)
+
+
+def test_the_progress_bar_counts_batches_also_for_a_loader_without_a_length(capsys):
+    model, train, _, loss_fn, opt, _ = setup()
+    fit(model, Unsized(list(train)), loss_fn, opt, 2, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 2/2" in err and re.search(r"(?<![A-Za-z])batch/s|s/batch(?![A-Za-z])", err)
