@@ -1054,7 +1054,7 @@ def test_check_output_false_lets_a_refused_set_up_through():
 
 
 class WithoutLength:
-    """The batches of `loader`, from a loader that cannot say how many there are (a stream)."""
+    """The batches of `loader` (a loader or a list), from one that cannot say how many there are (a stream)."""
 
     def __init__(self, loader):
         self.loader = loader
@@ -1431,16 +1431,6 @@ def test_the_progress_bar_shows_the_losses_and_accuracies_and_nothing_else(capsy
     assert "lr=" not in err and "seconds=" not in err and "epoch=" not in err
 
 
-class Unsized:
-    """A loader without a length, over the given batches."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-
 def test_an_epoch_without_batches_is_refused_and_one_of_a_single_sample_trains():
     model = make_model()
     loss_fn = nn.CrossEntropyLoss()
@@ -1449,8 +1439,8 @@ def test_an_epoch_without_batches_is_refused_and_one_of_a_single_sample_trains()
         match=r"^train_loader yielded no batches in this epoch: pass a loader that yields at least one batch "
         r"per pass$",
     ):
-        fit(model, Unsized([]), loss_fn, sgd(model), 1, progress=False)
-    one = Unsized([(torch.ones(1, 5), torch.tensor([1]))])
+        fit(model, WithoutLength([]), loss_fn, sgd(model), 1, progress=False)
+    one = WithoutLength([(torch.ones(1, 5), torch.tensor([1]))])
     assert len(fit(model, one, loss_fn, sgd(model), 2, progress=False)) == 2
 
 
@@ -1528,6 +1518,6 @@ def test_a_training_batch_that_is_not_a_pair_names_train_loader():
 
 def test_the_progress_bar_counts_batches_also_for_a_loader_without_a_length(capsys):
     model, train, _, loss_fn, opt, _ = setup()
-    fit(model, Unsized(list(train)), loss_fn, opt, 2, progress=True)
+    fit(model, WithoutLength(list(train)), loss_fn, opt, 2, progress=True)
     err = capsys.readouterr().err
     assert "epoch 2/2" in err and re.search(r"(?<![A-Za-z])batch/s|s/batch(?![A-Za-z])", err)
