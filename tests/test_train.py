@@ -1521,3 +1521,38 @@ def test_the_progress_bar_counts_batches_also_for_a_loader_without_a_length(caps
     fit(model, WithoutLength(list(train)), loss_fn, opt, 2, progress=True)
     err = capsys.readouterr().err
     assert "epoch 2/2" in err and re.search(r"(?<![A-Za-z])batch/s|s/batch(?![A-Za-z])", err)
+
+
+class UsedOnce(nn.Module):
+    """A model whose second layer takes part in the first forward pass only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.always, self.once = nn.Linear(2, 1), nn.Linear(2, 1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.always(x) + self.once(x) if self.calls == 1 else self.always(x)
+
+
+def test_a_parameter_without_a_gradient_in_a_later_step_is_not_moved_by_momentum():
+    """The last step's gradients are set to None, not to zero: a parameter the next batch does not use has
+    no gradient, and SGD skips it, as with ``optimizer.zero_grad()`` in a hand loop (with zeros, momentum
+    would move it again)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+
+    def trained(n_batches: int) -> torch.Tensor:
+        torch.manual_seed(1)
+        model = UsedOnce()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        fit(model, batches[:n_batches], nn.MSELoss(), opt, epochs=1, progress=False)
+        return model.once.weight.detach().clone()
+
+    torch.manual_seed(1)
+    untrained = UsedOnce().once.weight.detach().clone()
+    after_one, after_two = trained(1), trained(2)
+    assert not torch.equal(after_one, untrained)  # the first step moved it
+    assert torch.equal(after_one, after_two)  # the second, without its gradient, did not
