@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import matplotlib
@@ -86,13 +87,59 @@ def test_a_fit_after_lr_find_is_the_fit_without_it():
     assert all(torch.equal(plain[k], after[k]) for k in plain)
 
 
+def seeded_least_squares(seed: int, init: int) -> tuple[nn.Linear, DataLoader, float, float]:
+    """Chapter 8's draw: least squares with data seed ``seed``, initial weights from ``init``, full batch.
+    Returns the model, the loader, the best constant rate 2 / (lambda_min + lambda_max) and the largest
+    stable one, 2 / lambda_max."""
+    X, y, _ = make_linear_regression(n=512, d=10, seed=seed)
+    eigenvalues = torch.linalg.eigvalsh(hessian(X))
+    torch.manual_seed(init)
+    loader = DataLoader(TensorDataset(X, y), batch_size=512)
+    return nn.Linear(10, 1), loader, 2 / (eigenvalues[0] + eigenvalues[-1]).item(), 2 / eigenvalues[-1].item()
+
+
+def gradient_descent_loss(model: nn.Linear, loader: DataLoader, lr: float, steps: int = 50) -> list[float]:
+    """The loss before and after ``steps`` of full-batch gradient descent at ``lr`` from a copy of ``model``."""
+    model = copy.deepcopy(model)
+    (X, y), sgd = loader.dataset.tensors, torch.optim.SGD(model.parameters(), lr=lr)
+    first = nn.functional.mse_loss(model(X), y).item()
+    for _ in range(steps):
+        sgd.zero_grad()
+        nn.functional.mse_loss(model(X), y).backward()
+        sgd.step()
+    return [first, nn.functional.mse_loss(model(X), y).item()]
+
+
 @pytest.mark.parametrize("batch_size", [512, 128])
-def test_suggestion_is_within_a_factor_of_3_of_the_best_rate_of_least_squares(batch_size):
+def test_suggestion_is_a_tenth_of_the_lowest_point_and_below_the_best_rate_of_least_squares(batch_size):
     model, loader, best = least_squares(batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     result = lr_find(model, loader, nn.MSELoss(), optimizer, start_lr=1e-4, end_lr=10.0)
-    assert best / 3 <= result.suggestion <= 3 * best, (result.suggestion, best)
-    assert result.suggestion == result.lowest_lr / 2
+    assert best / 10 <= result.suggestion <= best, (result.suggestion, best)
+    assert result.suggestion == result.lowest_lr / 10
+
+
+def test_suggestion_is_below_2_over_lambda_max_and_trains_on_every_seeded_least_squares_draw():
+    for seed in range(10):
+        for init in range(2):
+            model, loader, best, edge = seeded_least_squares(seed, init)
+            result = lr_find(model, loader, nn.MSELoss(), torch.optim.SGD(model.parameters()), start_lr=1e-4)
+            assert best / 10 < result.suggestion < edge / 2, (seed, init, result.suggestion, best, edge)
+            before, after = gradient_descent_loss(model, loader, result.suggestion)
+            assert after < before / 10, (seed, init, before, after)  # it trains
+
+
+def test_half_the_lowest_point_the_old_rule_diverged_on_data_seed_2_and_the_suggestion_trains():
+    # the draw of issue 16: the smoothed loss was lowest at about 2.3 / lambda_max, so half of it, the
+    # suggestion before, was past 2 / lambda_max and gradient descent at it blew up
+    model, loader, best, edge = seeded_least_squares(seed=2, init=0)
+    result = lr_find(model, loader, nn.MSELoss(), torch.optim.SGD(model.parameters()), start_lr=1e-4)
+    assert result.lowest_lr / 2 >= edge  # the old rule's suggestion
+    before, after = gradient_descent_loss(model, loader, result.lowest_lr / 2)
+    assert after > 100 * before  # it diverged
+    assert result.suggestion < edge
+    before, after = gradient_descent_loss(model, loader, result.suggestion)
+    assert after < before / 10
 
 
 def test_the_test_stops_where_the_loss_diverges_and_returns_the_curve():
