@@ -7,7 +7,8 @@ Measuring:
   and spread, never one number);
 - :func:`compare` times several functions *side by side*, interleaved round by round, so that a
   change in the machine's load hits all of them alike; its :class:`Comparison` gives ratios as
-  medians of per-round ratios;
+  medians of per-round ratios, each with a distribution-free interval (:func:`median_interval`)
+  and a verdict, as a :class:`SpeedInterval`: faster, slower, or no measurable difference;
 - :func:`throughput` and :func:`loader_throughput` turn timings into samples per second;
 - :func:`split_epoch` splits an epoch into the time spent waiting for data and the time spent
   computing; :func:`top_operators` runs ``torch.profiler`` over a step and returns the operators
@@ -24,11 +25,13 @@ Imports run one way: this module uses :mod:`companion.checks`, :mod:`companion.d
 
 from __future__ import annotations
 
+import math
 import statistics
+import textwrap
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.autograd import DeviceType
@@ -40,15 +43,20 @@ __all__ = [
     "EpochSplit",
     "OperatorTable",
     "OperatorTime",
+    "SpeedInterval",
     "Throughput",
     "Timing",
+    "Verdict",
     "batch_size_of",
     "compare",
     "consume",
+    "format_ratio",
     "format_seconds",
     "loader_throughput",
     "measure",
+    "median_interval",
     "operator_table",
+    "rounds_for",
     "split_epoch",
     "synchronize",
     "throughput",
@@ -170,6 +178,120 @@ def measure(
     ).timing("fn")
 
 
+# --- how sure a ratio is ------------------------------------------------------------------------------
+
+Verdict = Literal["faster", "slower", "no measurable difference"]
+LEVEL = 0.95  # the probability with which an interval covers what it bounds
+
+
+def _check_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)):
+        raise TypeError(f"level must be a probability such as 0.95, got {type(level).__name__}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, e.g. level=0.95; got {level}")
+    return float(level)
+
+
+def _coverage(n: int, k: int) -> float:
+    """:math:`P(X_{(k)} \\le m \\le X_{(n+1-k)}) = 1 - 2 P(B \\le k - 1)`, :math:`B \\sim \\text{Binomial}(n, 1/2)`:
+    how often the k-th smallest and k-th largest of n draws bracket the median m (see :func:`median_interval`)."""
+    return 1.0 - 2.0 * sum(math.comb(n, j) for j in range(k)) / 2**n
+
+
+def rounds_for(level: float = LEVEL) -> int:
+    """The fewest rounds that can give a ``level`` interval for a median: the smallest :math:`n` with
+    :math:`1 - 2^{1-n} \\ge` ``level``, the coverage of the smallest and largest of :math:`n` draws
+    (6 rounds for 95 %, 8 for 99 %)."""
+    level = _check_level(level)
+    n = 1
+    while _coverage(n, 1) < level:
+        n += 1
+    return n
+
+
+def median_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """A distribution-free interval for the median :math:`m` of the distribution ``values`` were drawn
+    from: ``(low, high, coverage)``, with ``coverage`` >= ``level``.
+
+    Order statistics, not a bootstrap. Sort the :math:`n` values, :math:`X_{(1)} \\le \\dots \\le X_{(n)}`.
+    If they are independent draws from a continuous distribution, each falls below :math:`m` with
+    probability 1/2, so the number below it is :math:`B \\sim \\text{Binomial}(n, 1/2)`, whatever the
+    distribution. :math:`X_{(k)} \\le m \\le X_{(n+1-k)}` exactly when :math:`k \\le B \\le n - k`, so
+
+    .. math:: P\\bigl(X_{(k)} \\le m \\le X_{(n+1-k)}\\bigr) = 1 - 2 \\sum_{j=0}^{k-1} \\binom{n}{j} 2^{-n}.
+
+    The interval is :math:`[X_{(k)}, X_{(n+1-k)}]` for the largest :math:`k` whose coverage is at least
+    ``level``; the coverage returned is that probability (ties only raise it). Fewer than
+    :func:`rounds_for` values (6 for 95 %) cannot reach ``level`` even with :math:`k = 1`, the smallest
+    and the largest value, whose coverage is :math:`1 - 2^{1-n}` (93.75 % for 5): that raises
+    ``ValueError`` rather than give a narrower, weaker interval under the same name.
+    """
+    level = _check_level(level)
+    ordered = sorted(float(v) for v in values)
+    n, needed = len(ordered), rounds_for(level)
+    if n < needed:
+        most = f"at most {_coverage(n, 1):.2%} for {n}" if n > 1 else f"none for {n}"
+        raise ValueError(
+            f"{n} value{'s' if n != 1 else ''} cannot give a {level:.0%} interval for a median (the smallest "
+            f"and largest cover it with probability {most}); pass at least {needed}, e.g. compare(..., "
+            f"repeat={needed}), or a lower level"
+        )
+    k = 1
+    while _coverage(n, k + 1) >= level:
+        k += 1
+    return ordered[k - 1], ordered[n - k], _coverage(n, k)
+
+
+def format_ratio(ratio: float) -> str:
+    """A ratio with 3 significant digits, trailing zeros kept (``'1.20'``, ``'0.873'``); from 100 up,
+    a whole number with thousands separated (``'1,388'``)."""
+    if math.isfinite(ratio) and abs(ratio) >= 99.95:
+        return f"{ratio:,.0f}"
+    return f"{ratio:#.3g}".rstrip(".")
+
+
+@dataclass(frozen=True)
+class SpeedInterval:
+    """How many times as fast one function ran as another, and how sure that is.
+
+    ``speedup`` is the median of the per-round ratios (:meth:`Comparison.speedup`); ``low`` and
+    ``high`` bound the median of the distribution those ratios come from, with probability
+    ``level`` (at least the level asked for, see :func:`median_interval`), from ``rounds`` rounds.
+    """
+
+    speedup: float
+    low: float
+    high: float
+    level: float
+    rounds: int
+
+    @property
+    def verdict(self) -> Verdict:
+        """``'faster'`` when the whole interval lies above 1, ``'slower'`` when it lies below 1, and
+        ``'no measurable difference'`` when it holds 1 (an end equal to 1 included)."""
+        if self.low > 1:
+            return "faster"
+        if self.high < 1:
+            return "slower"
+        return "no measurable difference"
+
+    def contains(self, ratio: float) -> bool:
+        """Whether ``ratio`` lies in the interval, ends included."""
+        return self.low <= ratio <= self.high
+
+    @property
+    def shown(self) -> str:
+        """The speed as a table prints it: ``'1.26x (1.20–1.31)'``, and ``'≈ 1 (0.93–1.12)'`` when the
+        interval holds 1, which is then never shown as a speed-up or a slow-down."""
+        bounds = f"({format_ratio(self.low)}–{format_ratio(self.high)})"
+        if self.verdict == "no measurable difference":
+            return f"≈ 1 {bounds}"
+        return f"{format_ratio(self.speedup)}x {bounds}"
+
+    def __str__(self) -> str:
+        return f"{self.shown}, {self.verdict}"
+
+
 # --- timing several side by side ----------------------------------------------------------------------
 
 
@@ -193,40 +315,97 @@ class Comparison:
         self._check_name(to)
         return statistics.median(a / b for a, b in zip(self.seconds[name], self.seconds[to]))
 
-    def speedup(self, name: str, over: str, samples: Mapping[str, int] | None = None) -> float:
+    def speedups(
+        self, name: str, over: str, samples: Mapping[str, int] | int | None = None
+    ) -> tuple[float, ...]:
+        """The per-round ratios, round :math:`i`'s :math:`t_{\\text{over},i} / t_{\\text{name},i}`, or
+        with ``samples`` per call, :math:`(n_\\text{name} / t_{\\text{name},i}) / (n_\\text{over} / t_{\\text{over},i})`."""
+        self._check_name(name)
+        self._check_name(over)
+        if samples is None or isinstance(samples, int):
+            n_name = n_over = 1
+        else:
+            n_name, n_over = samples[name], samples[over]
+        return tuple((n_name / a) / (n_over / b) for a, b in zip(self.seconds[name], self.seconds[over]))
+
+    def speedup(self, name: str, over: str, samples: Mapping[str, int] | int | None = None) -> float:
         """How many times faster ``name`` ran than ``over`` (below 1: slower), as the median over
-        rounds of :math:`t_\\text{over} / t_\\text{name}`.
+        rounds of :math:`t_\\text{over} / t_\\text{name}` (see :meth:`speedups`).
 
         When one call of each does a different amount of work (say 20 fast epochs against one slow
         one, to time each for long enough), pass ``samples`` per call: the ratio is then of samples
         per second, :math:`(n_\\text{name} / t_\\text{name}) / (n_\\text{over} / t_\\text{over})`.
         """
-        self._check_name(name)
-        self._check_name(over)
-        n_name, n_over = (samples[name], samples[over]) if samples is not None else (1, 1)
-        return statistics.median(
-            (n_name / a) / (n_over / b) for a, b in zip(self.seconds[name], self.seconds[over])
-        )
+        return statistics.median(self.speedups(name, over, samples))
 
-    def table(self, baseline: str, samples: Mapping[str, int] | int | None = None) -> str:
-        """One line per function: median time per call, spread (IQR), samples/s (given ``samples``
-        per call, one number for all or one per name) and speed relative to ``baseline`` (see
-        :meth:`speedup`); no line is wider than 88 characters."""
+    def interval(
+        self,
+        name: str,
+        over: str,
+        samples: Mapping[str, int] | int | None = None,
+        level: float = LEVEL,
+    ) -> SpeedInterval:
+        """:meth:`speedup` with a ``level`` interval for it, from the per-round ratios by order
+        statistics (:func:`median_interval`), and its verdict. The rounds are taken as independent
+        draws: each round times every candidate once, so a change of load between rounds moves the
+        times, not the ratios. Fewer rounds than :func:`rounds_for` (6 for 95 %) raise ``ValueError``."""
+        ratios = self.speedups(name, over, samples)
+        low, high, coverage = median_interval(ratios, level)
+        return SpeedInterval(statistics.median(ratios), low, high, coverage, len(ratios))
+
+    def verdict(
+        self,
+        name: str,
+        over: str,
+        samples: Mapping[str, int] | int | None = None,
+        level: float = LEVEL,
+    ) -> Verdict:
+        """``'faster'``, ``'slower'`` or ``'no measurable difference'``: ``name`` against ``over``, by
+        where the :meth:`interval` lies (see :attr:`SpeedInterval.verdict`)."""
+        return self.interval(name, over, samples, level).verdict
+
+    def table(
+        self, baseline: str, samples: Mapping[str, int] | int | None = None, level: float = LEVEL
+    ) -> str:
+        """One line per function: median time per call, spread (IQR) and samples/s (given ``samples``
+        per call, one number for all or one per name); then one line per function but ``baseline``:
+        its speed relative to ``baseline`` with the ``level`` interval and the verdict (see
+        :meth:`interval`). A speed whose interval holds 1 is shown as ``≈ 1``, never as a speed-up.
+        No line is wider than 88 characters. Needs :func:`rounds_for` rounds (6 for 95 %)."""
         self._check_name(baseline)
         if isinstance(samples, int):
             samples = {name: samples for name in self.seconds}
-        label = max(8, min(40, max(len(name) for name in self.seconds)))
+        others = [name for name in self.seconds if name != baseline]
+        intervals = {name: self.interval(name, baseline, samples, level) for name in others}
+        speed_width = max([len("speed"), *(len(iv.shown) for iv in intervals.values())])
+        longest = max(len(name) for name in self.seconds)
+        label = max(8, min(40, longest, WIDTH - 2 - speed_width - len("no measurable difference")))
+
+        def shown(name: str) -> str:
+            return name if len(name) <= label else name[: label - 3] + "..."
+
         head = f"{'':{label}} {'median':>9} {'IQR':>9}" + (f" {'samples/s':>12}" if samples else "")
-        lines = [head + f" {'speed':>9}"]
+        lines = [head]
         for name in self.seconds:
             timing = self.timing(name)
-            shown = name if len(name) <= label else name[: label - 3] + "..."
-            line = f"{shown:{label}} {format_seconds(timing.median):>9} {format_seconds(timing.spread):>9}"
+            line = (
+                f"{shown(name):{label}} {format_seconds(timing.median):>9} {format_seconds(timing.spread):>9}"
+            )
             if samples:
                 line += f" {samples[name] / timing.median:>12,.0f}"
-            lines.append(line + f" {self.speedup(name, baseline, samples or None):>8.3g}x")
+            lines.append(line)
+        if not others:
+            return "\n".join(lines)
+        lines.append(f"{'':{label}} {'speed':<{speed_width}} verdict")
+        for name, interval in intervals.items():
+            lines.append(f"{shown(name):{label}} {interval.shown:<{speed_width}} {interval.verdict}")
         base = baseline if len(baseline) <= 40 else baseline[:37] + "..."
-        lines.append(f"speed: times as fast as {base!r}, the median of per-round ratios")
+        rounds = len(self.seconds[baseline])
+        note = (
+            f"speed: times as fast as {base!r}, the median of {rounds} per-round ratios, and in "
+            f"brackets a {level:.0%} interval for it (order statistics); ≈ 1: the interval holds 1"
+        )
+        lines.append(textwrap.fill(note, WIDTH))
         return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@ TensorLoader as a drop-in DataLoader, the CPU's bf16 case; and chapter 7's resiz
 from __future__ import annotations
 
 import itertools
+import math
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -20,13 +22,16 @@ from companion.device import bf16_case, cpu_flags
 from companion.loading import CachedDataset, TensorLoader
 from companion.perf import (
     Comparison,
+    SpeedInterval,
     Timing,
     batch_size_of,
     compare,
     consume,
     loader_throughput,
     measure,
+    median_interval,
     operator_table,
+    rounds_for,
     split_epoch,
     throughput,
     top_operators,
@@ -168,13 +173,120 @@ def test_speedup_compares_samples_per_second_when_calls_do_different_work():
 
 def test_comparison_table_fits_the_books_column():
     long = "ImageFolder, decoding PNG files every epoch, two persistent workers"
-    comparison = Comparison({long: (0.5, 0.6, 0.55), "slicing": (1e-4, 1.1e-4, 0.9e-4)})
+    seconds = (0.5, 0.6, 0.55, 0.52, 0.58, 0.56)
+    comparison = Comparison({long: seconds, "slicing": tuple(t * 2e-4 for t in seconds)})
     table = comparison.table("slicing", samples={long: 1257, "slicing": 1257})
     lines = table.splitlines()
-    assert len(lines) == 4 and all(len(line) <= 88 for line in lines)
-    assert lines[2].split()[-1] == "1x"  # the baseline against itself
-    assert "2,285" in lines[1]  # 1257 samples / 0.55 s, the median
-    assert lines[-1] == "speed: times as fast as 'slicing', the median of per-round ratios"
+    assert all(len(line) <= 88 for line in lines), [len(line) for line in lines]
+    assert lines[1].startswith("ImageFolder, decoding PNG") and "2,265" in lines[1]  # 1257 / 0.555 s
+    # the speed block: the long name against the baseline, 2e-4 per round exactly, so a 0-width interval
+    assert lines[4].endswith("0.000200x (0.000200–0.000200) slower")
+    assert "times as fast as 'slicing', the median of 6 per-round ratios" in " ".join(lines[5:])
+
+
+# --- how sure a ratio is ---------------------------------------------------------------------------------
+
+
+def test_median_interval_is_the_pair_of_order_statistics_the_binomial_rule_picks():
+    # n = 9: P(X(2) <= m <= X(8)) = 1 - 2 (C(9,0) + C(9,1)) / 2^9 = 1 - 20/512; with k = 3 it is 0.82 < 0.95
+    assert median_interval([5, 1, 9, 3, 7, 2, 8, 4, 6]) == (2.0, 8.0, 1 - 20 / 512)
+    # n = 6 (the fewest for 95 %): only the smallest and largest, 1 - 2/64
+    assert median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0, 1 - 2 / 64)
+    # n = 12: k = 3, 1 - 2 (1 + 12 + 66) / 4096
+    assert median_interval(range(1, 13)) == (3.0, 10.0, 1 - 2 * 79 / 4096)
+    assert [rounds_for(level) for level in (0.9, 0.95, 0.99)] == [5, 6, 8]
+
+
+def test_too_few_rounds_for_a_95_percent_interval_raise_saying_how_many_to_pass():
+    five = Comparison({"a": (1.0,) * 5, "b": (2.0,) * 5})
+    for call in (lambda: five.interval("a", "b"), lambda: five.verdict("a", "b"), lambda: five.table("b")):
+        with pytest.raises(
+            ValueError, match=r"5 values cannot give a 95% interval .* 93\.75% for 5.* repeat=6"
+        ):
+            call()
+    assert five.speedup("a", "b") == 2.0  # the median alone still works, as before
+    lower = five.interval("a", "b", level=0.9)  # a lower level, stated, is what 5 rounds can give
+    assert (lower.low, lower.high, lower.level, lower.rounds) == (2.0, 2.0, 1 - 2 / 32, 5)
+    with pytest.raises(ValueError, match="level must lie strictly between 0 and 1"):
+        median_interval(range(10), level=1.0)
+    with pytest.raises(TypeError, match="level must be a probability"):
+        median_interval(range(10), level="95%")
+
+
+def test_compare_with_a_fake_clock_finds_the_known_ratio_whatever_the_load():
+    clock = SimpleNamespace(now=0.0)
+    calls = [0]
+    loads = [1.0, 10.0, 3.0, 0.5, 7.0, 2.0, 4.0, 1.5]  # the machine's load changes from round to round
+
+    def work(seconds: float):
+        def run():
+            clock.now += seconds * loads[calls[0] // 2]  # both calls of a round see the same load
+            calls[0] += 1
+
+        return run
+
+    comparison = compare(
+        {"old": work(3.0), "new": work(1.0)}, warmup=0, repeat=len(loads), clock=lambda: clock.now
+    )
+    faster = comparison.interval("new", "old")
+    assert faster.speedup == pytest.approx(3.0) and faster.contains(3.0) and faster.verdict == "faster"
+    assert faster.high - faster.low == pytest.approx(0.0)  # each round's ratio is 3, whatever its load
+    assert comparison.verdict("old", "new") == "slower"
+    assert str(faster) == "3.00x (3.00–3.00), faster"
+
+
+@pytest.mark.parametrize("rounds", [6, 10, 15])
+def test_the_interval_covers_a_known_ratio_at_its_nominal_rate(rounds):
+    # Simulated rounds: a load that changes 20-fold between rounds, per-call noise, and now and then an
+    # interruption that makes one call of the round 3 times as long. The new function is 1.25 times as
+    # fast; the per-round ratio is 1.25 times noise whose median is 1, so the interval should cover 1.25
+    # in a share of the draws close to its level (at least 95 %).
+    rng = random.Random(rounds)
+    true_ratio, draws, covered = 1.25, 1000, 0
+    for _ in range(draws):
+        old, new = [], []
+        for _ in range(rounds):
+            load = math.exp(rng.uniform(0.0, 3.0))
+            slow = [1.0, 1.0]
+            if rng.random() < 0.2:
+                slow[rng.randrange(2)] = 3.0
+            old.append(load * math.exp(rng.gauss(0, 0.1)) * slow[0])
+            new.append(load / true_ratio * math.exp(rng.gauss(0, 0.1)) * slow[1])
+        interval = Comparison({"old": tuple(old), "new": tuple(new)}).interval("new", "old")
+        covered += interval.contains(true_ratio)
+    level = interval.level
+    assert level >= 0.95
+    # a binomial count of draws: within 4 standard deviations of the interval's own coverage
+    assert abs(covered / draws - level) < 4 * math.sqrt(level * (1 - level) / draws), (covered, level)
+
+
+def test_the_verdict_at_its_boundaries():
+    def verdict(speedups: list[float]) -> str:
+        # speedup = t_over / t_name; powers of 2 keep every ratio exact
+        comparison = Comparison({"over": tuple(speedups), "name": (1.0,) * len(speedups)})
+        return comparison.verdict("name", "over")
+
+    assert verdict([1.0, 2.0, 2.0, 2.0, 2.0, 2.0]) == "no measurable difference"  # touching 1 from above
+    assert verdict([0.5, 0.5, 0.5, 0.5, 0.5, 1.0]) == "no measurable difference"  # touching 1 from below
+    assert verdict([0.5, 0.5, 1.0, 2.0, 2.0, 2.0]) == "no measurable difference"  # 1 inside
+    assert verdict([1.0 + 2**-20, 2.0, 2.0, 2.0, 2.0, 2.0]) == "faster"  # entirely above 1
+    assert verdict([0.5, 0.5, 0.5, 0.5, 0.5, 1.0 - 2**-20]) == "slower"  # entirely below 1
+    assert SpeedInterval(1.04, 1.0, 1.1, 0.96875, 6).verdict == "no measurable difference"
+
+
+def test_a_speed_whose_interval_holds_1_is_never_shown_as_a_speed_up():
+    same = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    comparison = Comparison(
+        {"baseline": same, "noise": (0.9, 0.95, 0.96, 1.0, 1.05, 1.1), "halved": tuple(t / 2 for t in same)}
+    )
+    noise = comparison.interval("noise", "baseline")
+    assert noise.speedup > 1  # the median says 1.02x faster ...
+    assert noise.verdict == "no measurable difference" and noise.shown == "≈ 1 (0.909–1.11)"  # ... it is not
+    lines = comparison.table("baseline").splitlines()
+    rows = {line.split()[0]: line for line in lines[5:7]}
+    assert rows["noise"].endswith("≈ 1 (0.909–1.11)  no measurable difference")
+    assert rows["halved"].endswith("2.00x (2.00–2.00) faster")
+    assert not any(line.startswith("baseline") for line in lines[4:])  # no speed against itself
 
 
 # --- throughput ----------------------------------------------------------------------------------------
@@ -443,6 +555,8 @@ def test_tensorloader_moves_the_tensors_once_to_its_device():
     [
         ("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "amx"),
         ("flags\t\t: fpu avx2 avx512f avx512_bf16", "avx512_bf16"),
+        ("flags\t\t: fpu avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni", "avx512"),
+        ("flags\t\t: fpu avx2 avx512f avx512pf avx512er", "none"),  # Xeon Phi: no AVX512BW/VL
         ("flags\t\t: fpu sse4_2 avx2 fma", "none"),
         ("Features\t: fp asimd sve bf16 i8mm", "arm_bf16"),
     ],
