@@ -8,17 +8,22 @@ Launch it on two processes of this machine::
 gloo on CPUs, NCCL with one GPU per rank), builds the same model, trains on its own shard of every
 global batch with :func:`companion.fit`, and prints what it saw, one line at a time, each starting with
 ``rank <r>:``. Rank 0 writes ``history.csv``, the checkpoint ``last.pt`` and ``weights.pt`` (the
-weights after every epoch, the history and the seconds ``fit`` took) to ``--out``. Run without
-``torchrun`` (``python -m companion.ddp_demo``), the same code trains in one process.
+weights after every epoch, the history, and the wall-clock and CPU seconds ``fit`` took in each of
+``--repeats`` runs) to ``--out``. Run without ``torchrun`` (``python -m companion.ddp_demo``), the same
+code trains in one process.
 
 The model is a small MLP with neither dropout nor batch normalization, so that the run is the same
-computation as one process's on the global batch: dropout draws its masks from each rank's own
-generator, and batch normalization normalizes each rank's local batch by its own statistics.
+computation as one process's on the global batch. Batch normalization would normalize each rank's local
+batch by its own statistics. Dropout would draw its masks from each rank's own generator: seeded alike,
+as :func:`train` seeds every rank (so that the initial weights agree), every rank would draw the same
+masks for the same positions of its local batch, which one process on the global batch never does;
+seeded differently, other masks than one process's.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -108,12 +113,14 @@ class WeightsEachEpoch(Callback):
 
 @dataclass
 class Run:
-    """What :func:`train` returns: the model, its history, the weights after each epoch, fit's seconds."""
+    """What :func:`train` returns: the model, its history, the weights after each epoch, and the seconds
+    ``fit`` took: wall-clock (``seconds``) and this process's CPU time, all its threads (``cpu_seconds``)."""
 
     model: nn.Module
     history: History
     weights: list[dict[str, torch.Tensor]]
     seconds: float
+    cpu_seconds: float = math.nan
 
 
 def train(
@@ -140,7 +147,7 @@ def train(
     if out is not None:
         callbacks += [CSVLogger(Path(out) / "history.csv"), Checkpoint(Path(out) / "last.pt")]
     loader = train_loader(train_set, global_batch, seed, replicas)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     history = fit(
         model,
         loader,
@@ -152,7 +159,8 @@ def train(
         callbacks=callbacks,
         progress=False,
     )
-    return Run(model, history, snapshots.weights, time.perf_counter() - started)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return Run(model, history, snapshots.weights, seconds, cpu_seconds)
 
 
 def _say(text: str) -> None:
@@ -170,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--backend", default=None, help="gloo (CPUs) or nccl (GPUs); default: nccl if CUDA")
     parser.add_argument("--out", type=Path, default=None, help="folder for rank 0's files")
+    parser.add_argument("--repeats", type=int, default=1, help="train this many times, to time fit")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     device = setup(args.backend)
     train_set, _ = digits_datasets()
@@ -182,7 +193,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{shard} of the {len(train_set)} training images ({repeated} repeated), "
         f"{len(loader)} batches of {loader.batch_size} per epoch"
     )
-    run = train(args.epochs, args.global_batch, args.lr, args.seed, out=args.out, device=device)
+    runs = [
+        train(args.epochs, args.global_batch, args.lr, args.seed, out=args.out, device=device)
+        for _ in range(args.repeats)
+    ]
+    run = runs[0]  # every repeat computes the same: the same seed, the same batches
     last = run.history.rows[-1]
     _say(f"trained {len(run.history)} epochs; val accuracy >= 0.9: {last['val_accuracy'] >= 0.9}")
     mine = [run.history.rows, [w for weights in run.weights for w in weights.values()]]
@@ -195,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             {
                 "weights": run.weights,
                 "history": run.history.rows,
-                "seconds": run.seconds,
+                "seconds": [r.seconds for r in runs],
+                "cpu_seconds": [r.cpu_seconds for r in runs],
                 "world_size": world_size(),
             },
             args.out / "weights.pt",

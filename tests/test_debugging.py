@@ -24,6 +24,7 @@ from companion.debugging import (
     shared_samples,
     yields_same_batches,
 )
+from companion.debugging.curves import chance_of_a_perfect_score
 from companion.history import History
 from companion.train import NonFiniteLossError
 
@@ -542,8 +543,8 @@ HEALTHY = ([2.0, 1.0, 0.6, 0.4, 0.3], [1.5, 0.9, 0.6, 0.5, 0.45])
         ([2.0, 0.5, 0.1, 0.02, 0.01], [1.5, 0.6, 0.5, 0.7, 0.9], None, "overfitting"),
         ([2.0, 0.5, 0.8, 0.4, 0.7], [1.5, 0.6, 0.9, 0.5, 0.8], None, "learning rate too high"),
         (
-            [2.0, 0.5, 0.1, 0.02, 0.01],
-            [1.5, 0.4, 0.1, 0.02, 0.01],
+            [2.0, 0.2, 0.02, 0.005, 0.001],
+            [1.5, 0.15, 0.02, 0.004, 0.0009],
             [0.6, 0.9, 1.0, 1.0, 1.0],
             "suspect a data leak",
         ),
@@ -578,6 +579,150 @@ def test_a_validation_loss_10_percent_above_its_minimum_is_not_yet_overfitting()
     assert read_learning_curves(history([2.0, 1.0, 0.5, 0.3, 0.2], [1.5, 0.8, 0.5, 0.52, 0.55])).verdict == (
         "healthy"
     )
+
+
+# The 11 histories of chapter 8's ablation (companion/ablation_results.json as committed with issue 16,
+# 15 epochs, 270 validation images) that scored 100 % in some epoch: the old rule 2 read each as a leak.
+# (train_loss, val_loss, val_accuracy), to 4 significant digits.
+# fmt: off
+PERFECT_BY_CHANCE = {
+    "baseline, seed 2": (
+        [1.283, 0.2304, 0.05912, 0.04534, 0.02619, 0.01743, 0.01183, 0.003428, 0.001162, 0.0008278, 0.0006183,
+         0.0004404, 0.0003621, 0.0003913, 0.0004908],
+        [0.9312, 0.1283, 0.07206, 0.2895, 0.02824, 0.05525, 0.03559, 0.01067, 0.01031, 0.007757, 0.006954,
+         0.006569, 0.00637, 0.006376, 0.006292],
+        [0.9037, 0.9519, 0.9815, 0.9185, 0.9963, 0.9852, 0.9852, 1.0, 0.9963, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ),
+    "warmup + cosine, seed 0": (
+        [0.9936, 0.1254, 0.03781, 0.01418, 0.008452, 0.006891, 0.004274, 0.0014, 0.0009054, 0.001337,
+         0.0007099, 0.0007067, 0.0006502, 0.0005342, 0.00044],
+        [0.1756, 0.1146, 0.02719, 0.05803, 0.02648, 0.01749, 0.02069, 0.01135, 0.01203, 0.01218, 0.01483,
+         0.01257, 0.01207, 0.01151, 0.0121],
+        [0.9593, 0.9593, 0.9889, 0.9704, 0.9852, 0.9926, 0.9963, 1.0, 0.9963, 0.9963, 0.9963, 1.0, 1.0, 1.0,
+         1.0],
+    ),
+    "warmup + cosine, seed 2": (
+        [0.9951, 0.09611, 0.02832, 0.01785, 0.01278, 0.008611, 0.001911, 0.001755, 0.001674, 0.001602,
+         0.0005818, 0.0005331, 0.0004264, 0.0004265, 0.0005149],
+        [0.171, 0.0943, 0.03202, 0.02741, 0.04657, 0.02917, 0.03289, 0.009113, 0.02893, 0.01537, 0.01105,
+         0.01014, 0.00976, 0.009994, 0.009897],
+        [0.9741, 0.9556, 0.9926, 0.9926, 0.9815, 0.9889, 0.9852, 1.0, 0.9926, 0.9926, 1.0, 1.0, 1.0, 1.0,
+         1.0],
+    ),
+    "Adam + L2, seed 0": (
+        [1.288, 0.2389, 0.07223, 0.06506, 0.05288, 0.03488, 0.0282, 0.0277, 0.02903, 0.01912, 0.01763,
+         0.01465, 0.01171, 0.009889, 0.009048],
+        [0.9308, 0.1035, 0.1009, 0.1931, 0.253, 0.3283, 0.3043, 0.354, 0.1697, 0.1496, 0.08742, 0.06497,
+         0.04835, 0.03577, 0.03183],
+        [0.8815, 0.9741, 0.9741, 0.963, 0.9815, 0.9778, 0.9889, 0.963, 0.9889, 0.9963, 0.9963, 0.9963, 1.0,
+         1.0, 1.0],
+    ),
+    "augmentation, seed 0": (
+        [1.759, 0.6421, 0.2234, 0.218, 0.1385, 0.1254, 0.1165, 0.08086, 0.063, 0.0453, 0.02381, 0.02469,
+         0.01189, 0.01353, 0.01521],
+        [1.144, 0.2638, 0.1504, 0.1535, 0.03358, 0.1099, 0.04671, 0.06296, 0.03253, 0.02239, 0.0152, 0.01541,
+         0.01149, 0.01117, 0.01159],
+        [0.8778, 0.9148, 0.9519, 0.9407, 0.9963, 0.9704, 0.9852, 0.9778, 0.9926, 0.9963, 0.9963, 0.9926, 1.0,
+         1.0, 1.0],
+    ),
+    "label smoothing, seed 0": (
+        [1.453, 0.6994, 0.6181, 0.6008, 0.6013, 0.5863, 0.5555, 0.5413, 0.5333, 0.5281, 0.5237, 0.5221, 0.52,
+         0.5195, 0.5181],
+        [1.117, 0.6705, 0.6542, 0.6138, 0.65, 0.5807, 0.5606, 0.5526, 0.5509, 0.5469, 0.5476, 0.5427, 0.5426,
+         0.5413, 0.5413],
+        [0.8889, 0.9704, 0.9815, 0.9815, 0.963, 0.9963, 1.0, 0.9963, 0.9963, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ),
+    "label smoothing, seed 1": (
+        [1.446, 0.6782, 0.6105, 0.6074, 0.6057, 0.5686, 0.5457, 0.536, 0.5321, 0.5263, 0.523, 0.5211, 0.5195,
+         0.5191, 0.5188],
+        [1.125, 0.6327, 0.6314, 0.6519, 0.574, 0.5609, 0.5535, 0.5461, 0.5431, 0.539, 0.5381, 0.5372, 0.5351,
+         0.5352, 0.5347],
+        [0.9556, 0.9852, 0.9778, 0.9889, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ),
+    "label smoothing, seed 2": (
+        [1.449, 0.7055, 0.6158, 0.5904, 0.5832, 0.5617, 0.5517, 0.5404, 0.5304, 0.5254, 0.5221, 0.5211, 0.52,
+         0.5184, 0.5184],
+        [1.137, 0.7203, 0.5971, 0.6455, 0.638, 0.587, 0.5708, 0.5531, 0.5588, 0.5529, 0.5514, 0.548, 0.5474,
+         0.5455, 0.5452],
+        [0.9148, 0.9444, 0.9963, 0.9741, 0.9667, 0.9852, 0.9926, 0.9963, 1.0, 0.9926, 1.0, 1.0, 0.9963,
+         0.9963, 0.9963],
+    ),
+    "no dropout, seed 0": (
+        [1.211, 0.195, 0.04987, 0.0368, 0.0444, 0.02458, 0.02117, 0.008059, 0.001437, 0.0007298, 0.000395,
+         0.0003354, 0.0003064, 0.0002918, 0.0002872],
+        [0.8562, 0.07528, 0.046, 0.04543, 0.2052, 0.2688, 0.02799, 0.04034, 0.01291, 0.01301, 0.01192,
+         0.01111, 0.01058, 0.01042, 0.01081],
+        [0.8889, 0.9815, 0.9889, 0.9926, 0.9185, 0.9222, 0.9926, 0.9889, 0.9926, 0.9963, 0.9963, 0.9963, 1.0,
+         1.0, 0.9963],
+    ),
+    "warmup + cosine + label smoothing, seed 0": (
+        [1.264, 0.6943, 0.6272, 0.5827, 0.5576, 0.5492, 0.5443, 0.5422, 0.5338, 0.5298, 0.5261, 0.5251,
+         0.5243, 0.524, 0.5234],
+        [0.7675, 0.6775, 0.6082, 0.574, 0.5633, 0.5618, 0.557, 0.5499, 0.5433, 0.5415, 0.5401, 0.5402, 0.5404,
+         0.5401, 0.5402],
+        [0.937, 0.9815, 0.9889, 1.0, 1.0, 1.0, 1.0, 0.9963, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ),
+    "warmup + cosine + label smoothing, seed 1": (
+        [1.262, 0.6702, 0.6218, 0.5802, 0.5673, 0.5499, 0.5432, 0.5354, 0.5332, 0.5299, 0.5255, 0.5243,
+         0.5238, 0.5233, 0.5225],
+        [0.7721, 0.6442, 0.6117, 0.5894, 0.5617, 0.5616, 0.5468, 0.5529, 0.5493, 0.5411, 0.5412, 0.5408,
+         0.5394, 0.5394, 0.5393],
+        [0.9037, 0.9889, 0.9926, 0.9963, 0.9963, 0.9926, 1.0, 0.9963, 0.9963, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("run", list(PERFECT_BY_CHANCE))
+def test_a_perfect_validation_score_of_an_honest_ablation_run_is_not_read_as_a_leak(run):
+    train, val, accuracy = PERFECT_BY_CHANCE[run]
+    assert max(accuracy) == 1.0  # what the old rule 2 fired on
+    reading = read_learning_curves(history(train, val, accuracy), classes=10)
+    assert reading.verdict == "healthy"
+    assert not any("100%" in finding for finding in reading.findings)
+
+
+def test_a_perfect_score_on_270_images_is_likely_at_the_ablation_s_error_rate():
+    assert chance_of_a_perfect_score(269 / 270, 270) == pytest.approx(0.3672, abs=1e-4)  # (269/270)^270
+    assert chance_of_a_perfect_score(0.5, 3) == 0.125 and chance_of_a_perfect_score(1.0, 1000) == 1.0
+    for bad in (1.5, -0.1, True, "0.9"):
+        with pytest.raises(ValueError, match=r"accuracy must be a probability between 0 and 1"):
+            chance_of_a_perfect_score(bad, 10)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=r"n must be the number of validation images, an int >= 1"):
+            chance_of_a_perfect_score(0.9, bad)
+
+
+def test_a_leak_planted_by_validating_on_the_training_set_is_read_as_a_leak_and_held_out_data_is_not():
+    x, y = blobs(n=128, seed=0)
+    train_set = TensorDataset(x[:64], y[:64])
+    verdicts = {}
+    for name, val_set in [("leak", train_set), ("held out", TensorDataset(x[64:], y[64:]))]:
+        companion.seed_everything(0)
+        model = mlp()
+        curves = companion.fit(
+            model, DataLoader(train_set, batch_size=64), nn.CrossEntropyLoss(),
+            torch.optim.Adam(model.parameters(), lr=1e-2), 200,
+            val_loader=DataLoader(val_set, batch_size=64), progress=False,
+        )  # fmt: skip
+        # both score 100 %: the accuracy alone cannot tell them apart
+        assert max(curves["val_accuracy"]) == 1.0
+        verdicts[name] = read_learning_curves(curves, classes=4)
+    leak = verdicts["leak"]
+    assert leak.verdict == "suspect a data leak" and "shared_samples" in leak.findings[0]
+    assert verdicts["held out"].verdict == "healthy"
+
+
+def test_a_leak_needs_a_perfect_score_a_memorized_training_set_and_a_validation_loss_that_tracks_it():
+    train = [2.0, 0.2, 0.02, 0.005, 0.001, 0.0005]  # down to 1/4000 of the first epoch's
+    tracking = [1.5, 0.15, 0.02, 0.006, 0.0014, 0.00074]  # at most 1.48x the training loss in epochs 4-6
+    perfect, never = [0.6, 0.9, 1.0, 1.0, 1.0, 1.0], [0.6, 0.9, 0.99, 0.99, 0.99, 0.99]
+    assert read_learning_curves(history(train, tracking, perfect)).verdict == "suspect a data leak"
+    assert read_learning_curves(history(train, tracking, never)).verdict == "healthy"
+    above = [1.5, 0.15, 0.02, 0.006, 0.0016, 0.00074]  # epoch 5 at 1.6x the training loss
+    assert read_learning_curves(history(train, above, perfect)).verdict == "healthy"
+    slower = [2.0, 0.2, 0.02, 0.01, 0.005, 0.0025]  # down to 1/800 only
+    assert read_learning_curves(history(slower, slower, perfect)).verdict == "healthy"
 
 
 def test_read_learning_curves_refuses_short_curves_no_validation_and_other_objects():

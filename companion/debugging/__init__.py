@@ -21,7 +21,7 @@ Imports run one way: these modules use :mod:`companion.train`, :mod:`companion.c
 :mod:`companion.history`, and none of them uses this package.
 """
 
-from companion.debugging.curves import CurveReading, read_learning_curves
+from companion.debugging.curves import CurveReading, chance_of_a_perfect_score, read_learning_curves
 from companion.debugging.gradients import (
     GradientCheck,
     GradientNormMonitor,
@@ -41,6 +41,7 @@ __all__ = [
     "InitialLoss",
     "NanSource",
     "OverfitResult",
+    "chance_of_a_perfect_score",
     "check_gradient",
     "check_initial_loss",
     "find_nan_source",

@@ -13,12 +13,39 @@ from dataclasses import dataclass, field
 from companion.checks import is_int
 from companion.history import History
 
-__all__ = ["CHANCE", "JUMP", "RISE", "STALLED", "CurveReading", "read_learning_curves"]
+__all__ = [
+    "CHANCE",
+    "JUMP",
+    "MEMORIZED",
+    "RISE",
+    "STALLED",
+    "TRACKS",
+    "CurveReading",
+    "chance_of_a_perfect_score",
+    "read_learning_curves",
+]
 
 JUMP = 0.2  # a training loss that rises by more than 20 % (and 0.01) in one epoch has jumped
 RISE = 0.25  # a validation loss 25 % above its minimum at the end has turned up
 STALLED = 0.5  # a training loss still above half its first epoch's value has hardly fallen
 CHANCE = 2.0  # a late validation accuracy of at most 2 / C on average is no better than guessing
+MEMORIZED = 1e-3  # a training loss below 1/1000 of its first epoch's value: the training set is memorized
+TRACKS = 1.5  # a validation loss at most 1.5 times the training loss in every late epoch tracks it
+
+
+def chance_of_a_perfect_score(accuracy: float, n: int) -> float:
+    r"""The probability that a model which gets each image right with probability ``accuracy`` gets all
+    ``n`` validation images right: :math:`P(K = n) = a^n` for :math:`K \sim \text{Binomial}(n, a)`.
+
+    A perfect score is no evidence of a leak when this is not small: at :math:`a = 0.996` (1 error in
+    270) a perfect score on :math:`n = 270` images comes about one run in three, :math:`0.996^{270}
+    \approx 0.34`. The images are assumed independent, each right with the same probability.
+    """
+    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy must be a probability between 0 and 1, got {accuracy!r}")
+    if not is_int(n) or n < 1:
+        raise ValueError(f"n must be the number of validation images, an int >= 1, got {n!r}")
+    return float(accuracy) ** n
 
 
 @dataclass(frozen=True)
@@ -41,8 +68,15 @@ def read_learning_curves(history: History, *, classes: int | None = None) -> Cur
     - ``"diverged"``: a loss is ``nan`` or ``inf``.
     - ``"learning rate too high"``: the training loss jumped up (by more than 20 % and 0.01) in at least
       two epochs, or ended above where it started.
-    - ``"suspect a data leak"``: the validation accuracy reached 100 %: on held-out data that is rarely
-      real; check that no validation sample is also a training sample (:func:`shared_samples`).
+    - ``"suspect a data leak"``: the validation accuracy reached 100 %, *and* the validation loss
+      followed the training loss all the way down: the training loss ended below ``MEMORIZED`` (1/1000)
+      of its first value, and in every epoch of the last half the validation loss stayed within
+      ``TRACKS`` (1.5) times the training loss. Held-out data stays well above a memorized training set
+      (a loss many times the training loss); data the model trained on does not. A perfect score alone
+      is no evidence: a model that errs on 1 image in 270 scores 100 % on 270 images about one run in
+      three (:func:`chance_of_a_perfect_score`). The rule cannot tell a leak from a task so easy that
+      held-out data is fitted as closely as the training data, nor see a leak in a run whose loss has a
+      floor (label smoothing); :func:`shared_samples` gives the proof either way.
     - ``"chance level"`` (with ``classes``): the validation accuracy, averaged over the last half of the
       epochs, is at most :math:`2 / C`, twice a guess's: nothing learned carries over (labels shuffled or
       misaligned with the inputs?). An average, because a model that learned nothing scores a noisy
@@ -53,8 +87,8 @@ def read_learning_curves(history: History, *, classes: int | None = None) -> Cur
       fit even the data it trains on.
     - otherwise ``"healthy"``.
 
-    These are rules of thumb with fixed thresholds (``JUMP``, ``RISE``, ``CHANCE``, ``STALLED``), not proofs: read the
-    curves too (``history.plot()``).
+    These are rules of thumb with fixed thresholds (``JUMP``, ``RISE``, ``CHANCE``, ``MEMORIZED``, ``TRACKS``,
+    ``STALLED``), not proofs: read the curves too (``history.plot()``).
     """
     if not isinstance(history, History):
         raise TypeError(
@@ -91,12 +125,17 @@ def read_learning_curves(history: History, *, classes: int | None = None) -> Cur
                 )
             )
         accuracy = history["val_accuracy"] if "val_accuracy" in history.metrics else []
-        if accuracy and max(accuracy) >= 1.0:
+        half = len(train) // 2
+        tracking = max(v / t if t > 0 else math.inf for t, v in zip(train[half:], val[half:]))
+        if accuracy and max(accuracy) >= 1.0 and train[-1] < MEMORIZED * train[0] and tracking <= TRACKS:
             found.append(
                 (
                     "suspect a data leak",
-                    "the validation accuracy reached 100%: check that no validation sample is a training "
-                    "sample (shared_samples)",
+                    f"the validation accuracy reached 100% and the validation loss followed the training "
+                    f"loss down to {train[-1] / train[0]:.1e} of its first value (at most {tracking:.2f}x "
+                    "the training loss in each of the last "
+                    f"{len(train) - half} epochs), as on data the model trained on: check that no "
+                    "validation sample is a training sample (shared_samples)",
                 )
             )
         late = accuracy[len(accuracy) // 2 :]
