@@ -12,7 +12,9 @@ Measuring:
 - :func:`throughput` and :func:`loader_throughput` turn timings into samples per second;
 - :func:`split_epoch` splits an epoch into the time spent waiting for data and the time spent
   computing; :func:`top_operators` runs ``torch.profiler`` over a step and returns the operators
-  that took the most time, as a table.
+  that took the most time, as a table;
+- :func:`saved_activation_bytes` counts the bytes autograd keeps for the backward pass of a step,
+  exactly: the memory activation checkpointing trades for time.
 
 The tools the chapter speeds training up with live with their concepts: the loader that slices
 batches from tensors in memory, :class:`~companion.loading.TensorLoader`, with the other loaders in
@@ -57,6 +59,7 @@ __all__ = [
     "median_interval",
     "operator_table",
     "rounds_for",
+    "saved_activation_bytes",
     "split_epoch",
     "synchronize",
     "throughput",
@@ -757,3 +760,47 @@ def top_operators(
             fn()
         synchronize(device)
     return operator_table(profile.key_averages(), steps=steps, top=top, device_time=on_gpu)
+
+
+# --- the memory a backward pass keeps ---------------------------------------------------------------------
+
+
+def saved_activation_bytes(fn: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Run ``fn()`` and return the bytes of the tensors autograd saved for the backward pass meanwhile.
+
+    Autograd keeps what each operation needs to differentiate it (a linear layer's input, a ReLU's
+    output): the *activations*, which live from the forward pass until ``backward()``. Every saved
+    tensor passes through a ``torch.autograd.graph.saved_tensors_hooks`` pack hook; this one records
+    the storage under it, so a tensor saved twice (a ReLU's output, which the next layer saves as its
+    input too) or a view of a saved tensor counts once: :math:`\\sum_s \\text{bytes}(s)` over the
+    distinct storages :math:`s`. Pass ``exclude=model.parameters()``: the weights are saved too, but
+    they live in memory anyway. The count is exact and the same on every run and machine (sizes, not
+    timings). The whole storage under a saved view counts: a batch sliced out of a dataset's tensor
+    counts the dataset (clone the batch, or pass the dataset's tensor in ``exclude``). Under
+    ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` the tensors saved
+    inside a checkpointed segment are dropped and recomputed in the backward pass, so only the
+    segment's inputs count. ``fn`` may be a whole step, one forward and one backward pass: what its
+    forward pass saved counts, though the backward pass has freed it since.
+    """
+    check_callable(
+        fn,
+        "fn",
+        what="a function of no arguments that runs a forward pass",
+        example="lambda: loss_fn(model(x), y)",
+    )
+    if isinstance(exclude, torch.Tensor) or not isinstance(exclude, Iterable):
+        raise TypeError(
+            f"exclude must be an iterable of tensors, e.g. exclude=model.parameters(); got {type(exclude).__name__}"
+        )
+    skipped = {tensor.untyped_storage().data_ptr() for tensor in exclude}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skipped:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())

@@ -18,8 +18,10 @@ def seed_everything(seed: int) -> torch.Generator:
     seeded with the same value, for code that wants its own stream
     (``DataLoader(generator=...)``, ``torch.randn(..., generator=...)``).
 
-    Bit-identical results also need deterministic kernels on a GPU; that is a
-    speed trade-off the book discusses later, so it is not switched on here.
+    Bit-identical results also need deterministic kernels on a GPU
+    (``torch.use_deterministic_algorithms(True)``, ``CUBLAS_WORKSPACE_CONFIG``,
+    ``cudnn.benchmark = False``); that is a speed trade-off, measured in chapter 7,
+    section "Determinism against speed", so it is not switched on here.
     """
     if not is_int(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}; pass e.g. seed_everything(0)")

@@ -52,6 +52,7 @@ MINE = [
     "companion.debugging.curves",
     "companion.debugging.gradients",
     "companion.debugging.hygiene",
+    "companion.debugging.mistakes",
     "companion.debugging.nonfinite",
     "companion.debugging.sanity",
     "companion.device",
@@ -63,6 +64,7 @@ MINE = [
     "companion.perf",
     "companion.recipes",
     "companion.seeding",
+    "companion.significance",
     "companion.wrappers",
 ]
 

@@ -601,3 +601,47 @@ def test_resized_digits_refuse_bad_sizes_and_counts(tmp_path):
         resized_digits_imagefolder(tmp_path / "a", size=8, count=5000)
     with pytest.raises(TypeError, match="size must be an int, got float"):
         resized_digits_imagefolder(tmp_path / "a", size=8.0)
+
+
+def test_saved_activation_bytes_counts_each_saved_storage_once_and_not_the_weights():
+    # Linear(4, 3) saves its input x (2 x 4 floats) and its weight; ReLU saves its output (2 x 3 floats),
+    # which the second Linear saves again as its input: 32 + 24 bytes, the weights excluded
+    companion.seed_everything(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+    x = torch.randn(2, 4)
+    assert (
+        perf.saved_activation_bytes(lambda: net(x).sum(), exclude=net.parameters()) == 2 * 4 * 4 + 2 * 3 * 4
+    )
+    with_weights = perf.saved_activation_bytes(lambda: net(x).sum())
+    # and the second Linear's weight (1 x 3), which its input's gradient needs; the first Linear's is not
+    # saved, since x needs no gradient
+    assert with_weights == 2 * 4 * 4 + 2 * 3 * 4 + 1 * 3 * 4
+    with torch.no_grad():
+        assert perf.saved_activation_bytes(lambda: net(x).sum()) == 0  # no graph, nothing saved
+
+
+def test_checkpointing_leaves_only_the_segments_inputs_saved_and_the_gradients_equal():
+    from torch.utils.checkpoint import checkpoint
+
+    companion.seed_everything(0)
+    body = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+    x = torch.randn(5, 8, requires_grad=True)
+    grads = []
+    for wrap in (lambda h: body(h), lambda h: checkpoint(body, h, use_reentrant=False)):
+        saved = perf.saved_activation_bytes(
+            lambda wrap=wrap: wrap(x).sum().backward(), exclude=body.parameters()
+        )
+        grads.append([x.grad.clone(), *(p.grad.clone() for p in body.parameters())])
+        x.grad = None
+        body.zero_grad(set_to_none=True)
+        # plain: x and the two ReLU outputs (the second Linear saves the first ReLU's output as its input);
+        # checkpointed: only x, the segment's input
+        assert saved == (3 * 5 * 8 * 4 if len(grads) == 1 else 5 * 8 * 4)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_saved_activation_bytes_refuses_what_it_cannot_use():
+    with pytest.raises(TypeError, match="function of no arguments"):
+        perf.saved_activation_bytes(torch.ones(2))
+    with pytest.raises(TypeError, match="exclude=model.parameters"):
+        perf.saved_activation_bytes(lambda: None, exclude=torch.ones(2))
