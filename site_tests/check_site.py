@@ -59,8 +59,19 @@ DESKTOP, PHONE = 1400, 400
 HEIGHT = 900
 MIN_SHOWN_FRACTION = 0.70
 SEARCH_TERM, SEARCH_EXPECTS = "AdamW", "02_optimizers"
-SCREENSHOT_PAGES = {"book/intro.html": "intro", "book/02_optimizers.html": "chapter-02"}
+SCREENSHOT_PAGES = {
+    "book/intro.html": "intro",
+    "book/02_optimizers.html": "chapter-02",
+    "zh_CN/book/01_concepts.html": "zh-chapter-01",
+}
 SKIPPED_PAGES = {"index.html", "genindex.html", "search.html"}  # a redirect, an empty index, the search
+# The Chinese edition (scripts/zh_edition.py) lives in <build>/zh_CN; its pages are checked where their
+# catalogue is complete (the others still read in English), with its own title and a few checks of its own.
+ZH = "zh_CN/"
+ZH_TITLE = "更快更好地训练 PyTorch 模型"
+ZH_CATALOGUES = ROOT / "locales" / "zh_CN" / "LC_MESSAGES"
+ZH_SEARCH_TERM = "优化器"
+MIN_CJK_SHARE = 0.3  # of the letters in a translated page's prose (code and outputs left out)
 
 # --- JavaScript run in the page -------------------------------------------------------------------------
 
@@ -152,6 +163,26 @@ LOGO_LOADED = """
 const logo = document.querySelector('img.logo__image');
 if (!logo) return 'no logo image';
 return logo.complete && logo.naturalWidth > 0 ? true : 'did not load: ' + logo.getAttribute('src');
+"""
+
+# The link to the same page in the other edition (_ext/editions.py), where it leads, and the page's language.
+EDITION_LINK = """
+const done = arguments[arguments.length - 1];
+const a = document.querySelector('a.edition-link');
+if (!a) { done({error: 'no link to the other edition'}); return; }
+fetch(a.href).then(r => done({href: a.href, status: r.status, shown: a.offsetParent !== null}),
+                   e => done({href: a.href, status: String(e)}));
+"""
+
+# How much of the prose is Chinese: CJK characters among the letters, code and outputs left out.
+CJK_SHARE = """
+const article = (document.querySelector('article') || document.body).cloneNode(true);
+article.querySelectorAll('pre, code, .cell_output, .output, mjx-container, .math, script, style')
+  .forEach(e => e.remove());
+const text = article.textContent;
+const cjk = (text.match(/[\u4e00-\u9fff]/g) || []).length;
+const latin = (text.match(/[A-Za-z]/g) || []).length;
+return {cjk, latin, lang: document.documentElement.lang};
 """
 
 INLINE_SCRIPTS_TWICE = """
@@ -279,6 +310,7 @@ class SiteCheck:
         self.report = Report()
         self.screenshots: list[Path] = []
         self.book_title = config["title"]
+        self.html: Path | None = None  # the built site, to tell whether a page's translation was built
 
     def check(self, page: str, ok: bool, what: str) -> bool:
         return self.report.check(page, ok, what)
@@ -301,9 +333,10 @@ class SiteCheck:
         d = self.driver
         load(d, self.base + page, DESKTOP)
         self.furniture(page)
+        self.edition(page)
         self.math(page)
         self.desktop_toggle(page)
-        if (expected := colab_link(page, self.config)) is not None:
+        if (expected := colab_link(page.removeprefix(ZH), self.config)) is not None:
             self.colab(page, expected)
         self.screenshot(page, "desktop")
         d.execute_script(OPEN_ALL_TOGGLES)
@@ -325,14 +358,45 @@ class SiteCheck:
         self.check(page, icon == 200, f"favicon: {icon}")
         logo = d.execute_script(LOGO_LOADED)
         self.check(page, logo is True, f"logo: {logo}")
-        title = d.title
+        title, book_title = d.title, ZH_TITLE if page.startswith(ZH) else self.book_title
         self.check(
             page,
-            title.count(self.book_title) == 1,
-            f"<title> names the book {title.count(self.book_title)} times: {title!r}",
+            title.count(book_title) == 1,
+            f"<title> names the book {title.count(book_title)} times: {title!r}",
         )
         twice = d.execute_script(INLINE_SCRIPTS_TWICE)
         self.check(page, not twice, f"inline scripts written twice: {twice}")
+
+    def edition(self, page: str) -> None:
+        """The link to this page's translation is shown and leads to it; a Chinese page is zh-CN and reads in
+        Chinese (a CJK share of its prose's letters), an English page is en."""
+        d, chinese = self.driver, page.startswith(ZH)
+        other = page.removeprefix(ZH) if chinese else ZH + page
+        if self.html is not None and not (self.html / other).exists():
+            return  # the Chinese edition was not built (jupyter-book build alone)
+        link = d.execute_async_script(EDITION_LINK)
+        if not self.check(page, "error" not in link, f"edition: {link.get('error')}"):
+            return
+        self.check(page, link["shown"], "edition: the link to the other edition is hidden")
+        self.check(
+            page,
+            link["status"] == 200 and link["href"] == self.base + other,
+            f"edition: the link leads to {link['href']} ({link['status']}), expected {self.base + other}",
+        )
+        share = d.execute_script(CJK_SHARE)
+        if not chinese:
+            self.check(page, share["lang"] == "en", f"edition: <html lang={share['lang']!r}>, expected 'en'")
+            return
+        self.check(
+            page, share["lang"] == "zh-CN", f"edition: <html lang={share['lang']!r}>, expected 'zh-CN'"
+        )
+        letters = share["cjk"] + share["latin"]
+        self.check(
+            page,
+            letters > 0 and share["cjk"] / letters >= MIN_CJK_SHARE,
+            f"edition: the prose is {share['cjk']} CJK characters and {share['latin']} Latin letters, "
+            f"under {MIN_CJK_SHARE:.0%} Chinese",
+        )
 
     def math(self, page: str) -> None:
         d = self.driver
@@ -446,18 +510,18 @@ class SiteCheck:
         if not closed:
             d.execute_script("document.querySelectorAll('dialog[open]').forEach(x => x.close())")
 
-    def search(self) -> None:
+    def search(self, prefix: str = "", term: str = SEARCH_TERM) -> None:
         """The search page (client-side JavaScript) finds the term and lists the chapter about it."""
-        page, d = "search.html", self.driver
-        load(d, f"{self.base}search.html?q={SEARCH_TERM}", DESKTOP)
+        page, d = f"{prefix}search.html", self.driver
+        load(d, f"{self.base}{page}?q={term}", DESKTOP)
         results = "#search-results ul.search li a"
         found = wait_until(d, lambda _: d.find_elements(By.CSS_SELECTOR, results), 60)
         hrefs = [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, results)]
-        self.check(page, found, f"search: no results for {SEARCH_TERM!r} within 60 s")
+        self.check(page, found, f"search: no results for {term!r} within 60 s")
         self.check(
             page,
             any(SEARCH_EXPECTS in h for h in hrefs),
-            f"search: {SEARCH_TERM!r} does not find {SEARCH_EXPECTS} ({len(hrefs)} results)",
+            f"search: {term!r} does not find {SEARCH_EXPECTS} ({len(hrefs)} results)",
         )
         self.no_console_errors(page, DESKTOP)
 
@@ -466,10 +530,23 @@ class SiteCheck:
 
 
 def pages(html: Path) -> list[str]:
-    """Every page of the book, as paths relative to the build (the search page is checked on its own)."""
-    skip = ("_static/", "_sources/", "_images/")
+    """Every page of the book, as paths relative to the build (the search page is checked on its own), and
+    each page of the Chinese edition whose catalogue is complete."""
+    skip = ("_static/", "_sources/", "_images/", ZH)
     found = [p.relative_to(html).as_posix() for p in sorted(html.rglob("*.html"))]
-    return [p for p in found if p not in SKIPPED_PAGES and not p.startswith(skip)]
+    english = [p for p in found if p not in SKIPPED_PAGES and not p.startswith(skip)]
+    return english + [ZH + p for p in english if (html / ZH / p).exists() and translated(p)]
+
+
+def translated(page: str) -> bool:
+    """Whether every message of the page's catalogue is translated (none empty, none fuzzy)."""
+    import polib
+
+    path = (ZH_CATALOGUES / page).with_suffix(".po")
+    if not path.exists():
+        return False
+    po = polib.pofile(str(path))
+    return len(po) > 0 and not po.untranslated_entries() and not po.fuzzy_entries()
 
 
 def colab_link(page: str, config: dict) -> str | None:
@@ -502,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         driver = start_chromium(profile)
         site = SiteCheck(driver, base, config, screenshots)
+        site.html = html
         try:
             for page in todo:
                 try:
@@ -510,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                     site.check(page, False, f"the browser failed on this page: {e.msg}")
             if not args.only:
                 site.search()
+                if (html / ZH / "search.html").exists() and translated("book/02_optimizers.html"):
+                    site.search(ZH, ZH_SEARCH_TERM)
         finally:
             driver.quit()
             server.shutdown()
