@@ -11,7 +11,8 @@ from companion.device import default_device
 from companion.history import History
 from companion.lr_finder import lr_find as lr_find  # chapter 8: the learning-rate range test
 from companion.seeding import seed_everything
+from companion.significance import mcnemar, paired_bootstrap  # chapter 8: is one model better than another?
 from companion.train import evaluate, fit
 
-__all__ = ["History", "default_device", "evaluate", "fit", "seed_everything"]
+__all__ = ["History", "default_device", "evaluate", "fit", "mcnemar", "paired_bootstrap", "seed_everything"]
 __version__ = "0.1.0"

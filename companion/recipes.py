@@ -8,13 +8,17 @@ decay, the learning-rate schedule, the augmentation, the loss. This module holds
 - :func:`warmup_cosine`, a linear warmup followed by a cosine decay, from torch's own schedulers;
 - :func:`digit_augmentation` and :class:`DigitImages`, small random shifts and rotations (torchvision's
   transforms v2) applied to each training image as it is drawn;
-- :class:`Recipe`, :func:`train_recipe` and :func:`run_ablation`, which train a recipe on the digits
-  with several seeds and record what each run measured; :func:`summarize`, which turns the runs into
-  the rows of an ablation table; and :func:`choose_recipe`, the rule that picks the final recipe from
-  those rows on the validation split alone.
+- :class:`Recipe`, :func:`train_on` and :func:`train_recipe`, which train a recipe once and keep its
+  predicted class for every image it measured;
+- :func:`run_ablation`, repeated stratified k-fold over the training and validation images
+  (:func:`kfold_pool`, :func:`stratified_folds`, :func:`train_fold`): every recipe on the same folds and
+  seeds, so that their predictions are paired; :func:`summarize`, the rows of an ablation table; and
+  :func:`choose_recipe`, the rule that picks the final recipe from the k-fold rows alone;
+- :func:`ablation_report` and :func:`format_report`: every recipe against the baseline with a paired
+  bootstrap interval, McNemar's test and a verdict (:mod:`companion.significance`), the choice, and the
+  test split, read once, for the baseline and the chosen recipe.
 
-``scripts/ablation.py`` runs :func:`ablation_recipes` and saves the runs for chapter 8. The test split
-is measured for every run, but read once, after the choice.
+``scripts/ablation.py`` runs the ablation and saves every run, predictions included, for chapter 8.
 """
 
 from __future__ import annotations
@@ -35,24 +39,36 @@ from companion.callbacks import EarlyStopping
 from companion.checks import check_module, is_int, is_number
 from companion.datasets import digits_splits
 from companion.seeding import seed_everything
+from companion.significance import mcnemar, paired_bootstrap
 from companion.train import evaluate, fit
 
 __all__ = [
     "BASELINE",
+    "GOAL_ACCURACY",
+    "GOAL_CPU_SECONDS",
     "SCHEDULES",
     "DigitImages",
     "Recipe",
     "ablation_recipes",
+    "ablation_report",
     "changes",
     "choose_recipe",
+    "decode_labels",
     "digit_augmentation",
     "digits_cnn",
     "digits_data",
+    "encode_labels",
+    "format_report",
+    "kfold_pool",
     "make_optimizer",
     "make_scheduler",
     "parameter_groups",
+    "predict",
     "run_ablation",
+    "stratified_folds",
     "summarize",
+    "train_fold",
+    "train_on",
     "train_recipe",
     "warmup_cosine",
 ]
@@ -364,34 +380,76 @@ def make_scheduler(
     return lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total), "step"
 
 
-def train_recipe(recipe: Recipe, seed: int, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``recipe`` once from ``seed`` (the weights, the shuffle, dropout and augmentation draw from it)
-    on the digits (:func:`digits_data`; pass ``data`` to build it once for many runs).
+def _normalized(images: torch.Tensor, labels: torch.Tensor, mean: float, std: float) -> TensorDataset:
+    """Normalized float images ``(n, 1, 8, 8)`` and their labels, as chapter 6 builds them."""
+    return TensorDataset(((images.float() / 255 - mean) / std).unsqueeze(1), labels)
+
+
+def _loader(images: torch.Tensor, labels: torch.Tensor, mean: float, std: float) -> DataLoader:
+    """The whole split as one batch (:func:`_normalized`)."""
+    return DataLoader(_normalized(images, labels, mean, std), batch_size=len(labels))
+
+
+def predict(model: nn.Module, loader: DataLoader) -> torch.Tensor:
+    """The class each image of ``loader`` is given, ``argmax`` of its scores, in the loader's order (eval mode)."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x).argmax(dim=1) for x, _ in loader])
+
+
+def encode_labels(labels: Iterable[int]) -> str:
+    """Labels 0..9 as one digit each, ``[3, 0, 7] -> "307"``: how the ablation file keeps predictions."""
+    values = [int(label) for label in labels]
+    if not all(0 <= v <= 9 for v in values):
+        raise ValueError(f"labels must be classes 0..9, one digit each, got {sorted(set(values))}")
+    return "".join(map(str, values))
+
+
+def decode_labels(text: str) -> list[int]:
+    """The inverse of :func:`encode_labels`: ``"307" -> [3, 0, 7]``."""
+    if not isinstance(text, str) or not text.isdigit():
+        raise ValueError(f"labels must be a string of digits 0..9, like '307', got {text!r:.40}")
+    return [int(ch) for ch in text]
+
+
+def train_on(
+    recipe: Recipe,
+    seed: int,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Train ``recipe`` once from ``seed`` on ``train = (images, labels)`` (``uint8 (n, 8, 8)``, ``int64 (n,)``),
+    validating on ``val`` after every epoch (the history, and early stopping if the recipe has it); then
+    measure ``val`` and, if given, ``test``.
+
+    The images are normalized with the training images' pixel mean and standard deviation (of values in
+    [0, 1]), as chapter 6 does. The seed sets the initial weights, the shuffle, dropout and augmentation.
 
     Returns ``{"recipe", "seed", "epochs", "seconds", "cpu_seconds", "val_accuracy", "val_loss",
-    "test_accuracy", "test_errors", "history"}``: ``seconds`` is the training time (``fit`` alone) on the
-    wall clock, ``cpu_seconds`` the processor time the process used meanwhile, which other programs
-    running on the machine inflate far less; the validation and test
-    figures are measured after training, with the plain cross-entropy whatever the training loss, and
-    ``history`` is ``fit``'s per-epoch rows (without their ``seconds``).
+    "val_predictions", "history"}``, and ``"test_accuracy", "test_errors", "test_predictions"`` with a
+    ``test``: ``seconds`` is the training time (``fit`` alone) on the wall clock, ``cpu_seconds`` the
+    processor time the process used meanwhile, which other programs running on the machine inflate far
+    less; accuracy and loss are measured after training with the plain cross-entropy whatever the
+    training loss; ``*_predictions`` are the predicted classes, one digit per image in the split's order
+    (:func:`encode_labels`); ``history`` is ``fit``'s per-epoch rows (without their ``seconds``).
     """
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a companion.recipes.Recipe, got {type(recipe).__name__}")
-    data = digits_data() if data is None else data
+    images, labels = train
+    pixels = images.float() / 255
+    mean, std = pixels.mean().item(), pixels.std().item()
     seed_everything(seed)
     model = digits_cnn(recipe.width, batch_norm=recipe.batch_norm, dropout=recipe.dropout)
-    images, labels = data["splits"]["train"]
+    augment = digit_augmentation(recipe.rotate, recipe.shift) if recipe.rotate or recipe.shift else None
     train_set: Dataset = (
-        DigitImages(
-            images, labels, data["mean"], data["std"], digit_augmentation(recipe.rotate, recipe.shift)
-        )
-        if recipe.rotate or recipe.shift
-        else data["train"]
+        DigitImages(images, labels, mean, std, augment)
+        if augment is not None
+        else _normalized(images, labels, mean, std)  # the same tensors, built once, not image by image
     )
     shuffle = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, generator=shuffle)
-    val_loader = DataLoader(data["val"], batch_size=len(data["val"]))
-    test_loader = DataLoader(data["test"], batch_size=len(data["test"]))
+    val_loader = _loader(*val, mean, std)
     optimizer = make_optimizer(recipe, model)
     scheduler, interval = make_scheduler(recipe, optimizer, len(train_loader))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -412,35 +470,118 @@ def train_recipe(recipe: Recipe, seed: int, data: Mapping[str, Any] | None = Non
     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     plain = nn.CrossEntropyLoss()
-    val, test = evaluate(model, val_loader, plain), evaluate(model, test_loader, plain)
-    return {
+    val_scores = evaluate(model, val_loader, plain)
+    run: dict[str, Any] = {
         "recipe": recipe.name,
         "seed": seed,
         "epochs": len(history),
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        "val_accuracy": val["accuracy"],
-        "val_loss": val["loss"],
-        "test_accuracy": test["accuracy"],
-        "test_errors": round((1 - test["accuracy"]) * len(data["test"])),
-        "history": [{k: v for k, v in row.items() if k != "seconds"} for row in history],
+        "val_accuracy": val_scores["accuracy"],
+        "val_loss": val_scores["loss"],
+        "val_predictions": encode_labels(predict(model, val_loader)),
     }
+    if test is not None:
+        test_loader = _loader(*test, mean, std)
+        test_scores = evaluate(model, test_loader, plain)
+        run["test_accuracy"] = test_scores["accuracy"]
+        run["test_errors"] = round((1 - test_scores["accuracy"]) * len(test[1]))
+        run["test_predictions"] = encode_labels(predict(model, test_loader))
+    run["history"] = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    return run
+
+
+def train_recipe(recipe: Recipe, seed: int, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``recipe`` once from ``seed`` on chapter 6's training split (:func:`digits_data`; pass ``data``
+    to build it once for many runs), validate on its validation split and measure its test split:
+    :func:`train_on` with ``train``, ``val`` and ``test``, and the same keys.
+    """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a companion.recipes.Recipe, got {type(recipe).__name__}")
+    splits = (digits_data() if data is None else data)["splits"]
+    return train_on(recipe, seed, splits["train"], splits["val"], splits["test"])
+
+
+# --- the ablation: repeated k-fold for the choice, the test split once ------------------------------------
+
+
+def kfold_pool(data: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images the ablation chooses on: chapter 6's training split followed by its validation split
+    (1,527 digits), ``(images uint8 (n, 8, 8), labels int64 (n,))``. The test split is not in it."""
+    splits = (digits_data() if data is None else data)["splits"]
+    return (
+        torch.cat([splits["train"][0], splits["val"][0]]),
+        torch.cat([splits["train"][1], splits["val"][1]]),
+    )
+
+
+def stratified_folds(labels: torch.Tensor, folds: int = 5, seed: int = 0) -> list[int]:
+    """The fold (0 .. ``folds`` - 1) of every image for stratified k-fold cross-validation: scikit-learn's
+    ``StratifiedKFold(folds, shuffle=True, random_state=seed)``, so that every fold holds each digit in
+    about the same proportion. A new ``seed`` gives a new partition: the *repeats* of repeated k-fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if not is_int(folds) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2 (e.g. 5), got {folds!r}")
+    fold_of = [0] * len(labels)
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(torch.zeros(len(labels)).numpy(), labels.numpy())):
+        for i in held_out:
+            fold_of[int(i)] = fold
+    return fold_of
+
+
+def train_fold(
+    recipe: Recipe,
+    seed: int,
+    pool: tuple[torch.Tensor, torch.Tensor],
+    fold_of: Sequence[int],
+    fold: int,
+) -> dict[str, Any]:
+    """Train ``recipe`` from ``seed`` on the images of ``pool`` outside ``fold`` and validate on those in it
+    (``fold_of[i]`` is image ``i``'s fold, :func:`stratified_folds`): :func:`train_on`'s record with
+    ``"fold"`` added; its ``"val_predictions"`` follow the order of the fold's images in ``pool``."""
+    images, labels = pool
+    inside = torch.tensor([f == fold for f in fold_of])
+    if len(fold_of) != len(labels) or not inside.any():
+        raise ValueError(
+            f"fold_of must give a fold to each of the {len(labels)} images and fold {fold!r} must hold some; "
+            "pass stratified_folds(labels, folds, seed)"
+        )
+    run = train_on(recipe, seed, (images[~inside], labels[~inside]), (images[inside], labels[inside]))
+    return {"recipe": run.pop("recipe"), "seed": run.pop("seed"), "fold": fold, **run}
 
 
 def run_ablation(
     recipes: Sequence[Recipe],
-    seeds: Iterable[int] = (0, 1, 2),
+    folds: int = 5,
+    seeds: Iterable[int] = (0, 1),
     data: Mapping[str, Any] | None = None,
     log: Any = None,
+    keep: Iterable[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """:func:`train_recipe` for every recipe and seed, in that order; ``log(run)`` after each if given."""
-    data = digits_data() if data is None else data
+    """Repeated stratified k-fold over :func:`kfold_pool`: for every seed (one repeat), every recipe and
+    every fold, :func:`train_fold`, with the folds of ``stratified_folds(labels, folds, seed)`` and the
+    training seed ``seed``. So every recipe sees the same folds and seeds, and each image is predicted
+    once per seed by every recipe: the predictions are paired.
+
+    Runs in ``keep`` (earlier records of the same recipe, seed and fold) are returned instead of trained
+    again; ``log(run)`` is called after each new run. Returns the records in the order seed, recipe, fold.
+    """
+    pool = kfold_pool(data)
+    kept = {(r["recipe"], r["seed"], r["fold"]): dict(r) for r in keep}
     runs = []
-    for recipe in recipes:
-        for seed in seeds:
-            runs.append(train_recipe(recipe, seed, data))
-            if log is not None:
-                log(runs[-1])
+    for seed in seeds:
+        fold_of = stratified_folds(pool[1], folds, seed)
+        for recipe in recipes:
+            for fold in range(folds):
+                key = (recipe.name, seed, fold)
+                if key in kept:
+                    runs.append(kept[key])
+                    continue
+                runs.append(train_fold(recipe, seed, pool, fold_of, fold))
+                if log is not None:
+                    log(runs[-1])
     return runs
 
 
@@ -451,12 +592,17 @@ def changes(recipe: Recipe, baseline: Recipe = BASELINE) -> dict[str, Any]:
 
 
 def choose_recipe(rows: Sequence[Mapping[str, Any]], recipes: Sequence[Recipe]) -> Recipe:
-    """The recipe chosen on the validation split from an ablation's :func:`summarize` rows.
+    """The recipe chosen on validation data from an ablation's :func:`summarize` rows (in chapter 8, the
+    k-fold runs of :func:`run_ablation`: never the test split).
 
     The rule, fixed before the test split is read: start from the baseline (the first recipe) and add
-    every change whose mean validation accuracy is higher than the baseline's, best first; a change that
+    every change whose validation accuracy is higher than the baseline's, best first; a change that
     would overwrite a field that a better change already set is left out. One such change: its own
-    recipe; several: a new recipe named after them; none: the baseline.
+    recipe; several: a new recipe named after them; none: the baseline. A tie is not higher.
+
+    The rule picks the best guess; it does not ask for significance. Whether a change is *shown* to be
+    better is a separate question, which :func:`ablation_report` answers with a paired test: a change
+    that the rule keeps may well be "no significant difference", and then no gain may be claimed for it.
     """
     by_name = {r.name: r for r in recipes}
     accuracy = {row["recipe"]: row["val_accuracy"] for row in rows}
@@ -483,9 +629,15 @@ def choose_recipe(rows: Sequence[Mapping[str, Any]], recipes: Sequence[Recipe]) 
 
 
 def summarize(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per recipe, in the order the runs name them: the mean and the sample standard deviation
-    over the seeds of the validation and test accuracy, the mean validation loss, and the mean and the
-    largest ``seconds`` and ``cpu_seconds``."""
+    """One row per recipe, in the order the runs name them: the accuracy on the validation split (and the
+    test split, where the runs measured it) over all the recipe's runs, with the sample standard deviation
+    of the runs' accuracies beside it (``*_std``), the mean validation loss, and the mean and the largest
+    ``seconds`` and ``cpu_seconds``. ``seeds`` counts the runs.
+
+    Where runs carry their ``val_predictions`` (k-fold folds of 305 or 306 images), the validation
+    accuracy is pooled: the correct predictions of all runs (each run's accuracy times its number of
+    images, rounded to a whole count, so that a rounded accuracy in a file gives the same figure) over
+    all their predictions. Two recipes with as many correct predictions then tie exactly."""
     by_recipe: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
         by_recipe.setdefault(run["recipe"], []).append(run)
@@ -499,11 +651,245 @@ def summarize(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for name, group in by_recipe.items():
         row: dict[str, Any] = {"recipe": name, "seeds": len(group)}
         for key in ("val_accuracy", "test_accuracy"):
+            if not all(key in r for r in group):  # k-fold runs have no test split
+                continue
             values = [r[key] for r in group]
-            row[key], row[key + "_std"] = statistics.fmean(values), spread(values)
+            sizes = [len(r.get(key.replace("accuracy", "predictions"), "")) for r in group]
+            if all(sizes):  # count the correct predictions, exactly (the file rounds the accuracies)
+                row[key] = sum(round(v * n) for v, n in zip(values, sizes)) / sum(sizes)
+            else:
+                row[key] = statistics.fmean(values)
+            row[key + "_std"] = spread(values)
         row["val_loss"] = statistics.fmean(r["val_loss"] for r in group)
         for key in ("seconds", "cpu_seconds"):
             row[key] = statistics.fmean(r[key] for r in group)
             row["max_" + key] = max(r[key] for r in group)
         rows.append(row)
     return rows
+
+
+# --- the report: every comparison with its uncertainty -----------------------------------------------------
+
+GOAL_ACCURACY = 0.994
+"""Chapter 8's goal, fixed before the test split is read: mean test accuracy over 3 seeds of at least 99.4%..."""
+GOAL_CPU_SECONDS = 20.0
+"""... with every run trained in under 20 s of processor time (one thread)."""
+
+
+def _kfold_correct(results: Mapping[str, Any], recipe: str) -> list[list[int]]:
+    """Seeds x pool images: 1 where ``recipe``'s k-fold run that held the image out predicted it right."""
+    labels = decode_labels(results["labels"]["pool"])
+    grid = []
+    for seed in results["design"]["seeds"]:
+        folds = [int(f) for f in results["folds"][str(seed)]]
+        row: list[int | None] = [None] * len(labels)
+        for run in results["kfold_runs"]:
+            if run["recipe"] == recipe and run["seed"] == seed:
+                held_out = [i for i, f in enumerate(folds) if f == run["fold"]]
+                for i, p in zip(held_out, decode_labels(run["val_predictions"]), strict=True):
+                    row[i] = int(p == labels[i])
+        if None in row:
+            raise ValueError(f"the k-fold runs of {recipe!r} with seed {seed} do not cover every image")
+        grid.append(row)  # type: ignore[arg-type]
+    return grid
+
+
+def _test_correct(results: Mapping[str, Any], recipe: str) -> list[list[int]]:
+    """Test seeds x test images: 1 where ``recipe``'s run with that seed predicted the image right."""
+    labels = decode_labels(results["labels"]["test"])
+    by_seed = {r["seed"]: r for r in results["test_runs"] if r["recipe"] == recipe}
+    missing = [s for s in results["design"]["test_seeds"] if s not in by_seed]
+    if missing:
+        raise ValueError(f"no test runs of {recipe!r} with seeds {missing}")
+    return [
+        [int(p == y) for p, y in zip(decode_labels(by_seed[s]["test_predictions"]), labels, strict=True)]
+        for s in results["design"]["test_seeds"]
+    ]
+
+
+def _against(
+    a: list[list[int]], b: list[list[int]], level: float, resamples: int, seed: int
+) -> dict[str, Any]:
+    """A against B: the paired bootstrap over images and seeds, McNemar pooled over (seed, image) pairs and
+    McNemar seed by seed, and the verdict: "better" or "worse" only where the bootstrap interval and the
+    pooled McNemar test both say so at ``level``."""
+    boot = paired_bootstrap(a, b, level, resamples, seed)
+    pooled = mcnemar([x for row in a for x in row], [x for row in b for x in row], level)
+    per_seed = [mcnemar(x, y, level) for x, y in zip(a, b)]
+    agree = boot.significant and pooled.significant and boot.verdict == pooled.verdict
+    verdict = (
+        {"A better": "better", "B better": "worse"}[boot.verdict] if agree else "no significant difference"
+    )
+    return {"bootstrap": boot, "mcnemar": pooled, "mcnemar_per_seed": per_seed, "verdict": verdict}
+
+
+def ablation_report(
+    results: Mapping[str, Any], level: float = 0.05, resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Every comparison of the ablation file (``scripts/ablation.py``) against the baseline, with how sure it is.
+
+    ``"validation"``: one row per recipe of the k-fold evaluation, the baseline first: ``accuracy`` over
+    all its k-fold predictions (every pool image once per seed) and ``accuracy_std``, the standard
+    deviation of its runs' (folds') accuracies; for the others, against the baseline on the same
+    seeds x images: ``difference`` (a fraction), ``bootstrap`` (:func:`~companion.significance.paired_bootstrap`,
+    resampling images and seeds), ``mcnemar`` (pooled, each (seed, image) pair a pair: a
+    seed-by-seed ``mcnemar_per_seed`` beside it, since the seeds of one image are not independent) and
+    ``verdict``: ``"better"``, ``"worse"`` or ``"no significant difference"``, better or worse only where
+    the bootstrap's interval and the pooled McNemar test both say so at ``level``. Also the mean
+    ``val_loss`` and the ``cpu_seconds`` (mean) and ``max_cpu_seconds`` of its runs.
+
+    ``"better"``: the recipes significantly better than the baseline on the k-fold evaluation.
+    ``"chosen"``: :func:`choose_recipe` on the k-fold rows of the single changes (the file's choice,
+    recomputed). ``"test"``: the baseline's and the chosen recipe's rows on the test split, read once
+    (``accuracy`` the mean over the test seeds, ``accuracy_std`` their spread, ``errors`` per seed), and
+    the chosen recipe against the baseline on the test seeds x 270 images as above. ``"goal"``: whether
+    the chosen recipe's mean test accuracy is at least :data:`GOAL_ACCURACY` and each of its runs
+    trained in under :data:`GOAL_CPU_SECONDS` of processor time.
+    """
+    recipes = [Recipe(**r) for r in results["recipes"]]
+    names = [r.name for r in recipes]
+    baseline = names[0]
+    runs = results["kfold_runs"]
+    base_grid = _kfold_correct(results, baseline)
+    rows = []
+    for row in summarize(runs):
+        name = row["recipe"]
+        mine = {
+            "recipe": name,
+            "runs": row["seeds"],
+            "accuracy": row["val_accuracy"],
+            "accuracy_std": row["val_accuracy_std"],
+            "val_loss": row["val_loss"],
+            "cpu_seconds": row["cpu_seconds"],
+            "max_cpu_seconds": row["max_cpu_seconds"],
+        }
+        if name != baseline:
+            grid = _kfold_correct(results, name)
+            mine.update(_against(grid, base_grid, level, resamples, seed))
+            mine["difference"] = mine["bootstrap"].difference
+        rows.append(mine)
+    singles = [row for row in summarize(runs) if row["recipe"] in names]
+    chosen = choose_recipe(singles, recipes).name
+    test_names = [baseline] + ([chosen] if chosen != baseline else [])
+    test_rows = []
+    for row in summarize(results["test_runs"]):
+        if row["recipe"] not in test_names:
+            continue
+        test_rows.append(
+            {
+                "recipe": row["recipe"],
+                "seeds": row["seeds"],
+                "accuracy": row["test_accuracy"],
+                "accuracy_std": row["test_accuracy_std"],
+                "errors": [r["test_errors"] for r in results["test_runs"] if r["recipe"] == row["recipe"]],
+                "max_cpu_seconds": row["max_cpu_seconds"],
+                "max_seconds": row["max_seconds"],
+            }
+        )
+    final = next(r for r in test_rows if r["recipe"] == chosen)
+    comparison = None
+    if chosen != baseline:
+        comparison = _against(
+            _test_correct(results, chosen), _test_correct(results, baseline), level, resamples, seed
+        )
+        comparison["difference"] = comparison["bootstrap"].difference
+    return {
+        "design": dict(results["design"]),
+        "level": level,
+        "validation": rows,
+        "better": [r["recipe"] for r in rows if r.get("verdict") == "better"],
+        "worse": [r["recipe"] for r in rows if r.get("verdict") == "worse"],
+        "chosen": chosen,
+        "test": test_rows,
+        "test_comparison": comparison,
+        "goal": {
+            "accuracy": GOAL_ACCURACY,
+            "cpu_seconds": GOAL_CPU_SECONDS,
+            "met": final["accuracy"] >= GOAL_ACCURACY and final["max_cpu_seconds"] < GOAL_CPU_SECONDS,
+        },
+    }
+
+
+def _pp(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+SHORT_VERDICTS = {"better": "better", "worse": "worse", "no significant difference": "n.s."}
+"""How :func:`format_report`'s table spells each verdict, so that a row fits a page of 88 columns."""
+
+
+def format_report(report: Mapping[str, Any], part: str = "all") -> str:
+    """:func:`ablation_report` as text: the design, the k-fold table and the choice (``part="validation"``),
+    then the test split and the goal (``part="test"``); ``"all"``: both, in that order.
+
+    Every line fits in 88 columns (a book page): a recipe name longer than the table's name column gets a
+    line of its own above its figures, and the table writes "no significant difference" as ``n.s.``."""
+    if part not in ("all", "validation", "test"):
+        raise ValueError(f"part must be 'all', 'validation' or 'test', got {part!r}")
+    d, level = report["design"], report["level"]
+    conf = f"{100 * (1 - level):g}%"
+    w = 21  # the recipe column: "constant + early stop"; a longer name gets its own line
+    lines = [
+        f"choice: {d['folds']}-fold stratified cross-validation of {d['pool_images']:,} images "
+        "(train + val),",
+        f"repeated with seeds {', '.join(map(str, d['seeds']))}: {d['folds'] * d['repeats']} runs per "
+        "recipe, each image predicted once per seed",
+        "",
+        f"{'':{w}s} {'accuracy':>12s} {'vs baseline (pp)':^20s} {'':5s} {'McNemar p':^18s}",
+        f"{'recipe':{w}s} {'(%)':>12s} {'diff':>5s} {conf + ' interval':>14s} {'+/-':>5s} "
+        f"{'all':>6s} {'per seed':>11s} verdict",
+    ]
+    for row in report["validation"]:
+        acc = f"{100 * row['accuracy']:5.2f} ± {100 * row['accuracy_std']:4.2f}"
+        name = row["recipe"]
+        if len(name) > w:
+            lines.append(name)
+            name = ""
+        if "verdict" not in row:
+            lines.append(f"{name:{w}s} {acc:>12s}")
+            continue
+        boot, pooled = row["bootstrap"], row["mcnemar"]
+        per_seed = " ".join(f"{c.p_value:.2g}" for c in row["mcnemar_per_seed"])
+        interval = f"[{_pp(boot.low)}, {_pp(boot.high)}]"
+        lines.append(
+            f"{name:{w}s} {acc:>12s} {_pp(row['difference']):>5s} {interval:>14s} "
+            f"{f'{pooled.a_only}/{pooled.b_only}':>5s} {pooled.p_value:6.2g} {per_seed:>11s} "
+            f"{SHORT_VERDICTS[row['verdict']]}"
+        )
+    lines += [
+        "",
+        "+/-: predictions only the recipe / only the baseline got right, over seeds x images",
+        f"n.s.: no significant difference at level {level:g}",
+        f"significantly better than the baseline on k-fold: {', '.join(report['better']) or 'none'}",
+        f"significantly worse: {', '.join(report['worse']) or 'none'}",
+        f"chosen on k-fold validation: {report['chosen']}",
+    ]
+    validation, lines = lines, []
+    wt = max(len(row["recipe"]) for row in report["test"]) + 1
+    lines += [
+        f"test split, read once: {d['test_images']} images x seeds {', '.join(map(str, d['test_seeds']))} "
+        f"(the same images for every seed)",
+    ]
+    for row in report["test"]:
+        lines.append(
+            f"{row['recipe']:{wt}s} {100 * row['accuracy']:6.2f} ± {100 * row['accuracy_std']:4.2f} %   "
+            f"errors per seed {row['errors']}"
+        )
+    comparison = report["test_comparison"]
+    if comparison is not None:
+        boot, pooled = comparison["bootstrap"], comparison["mcnemar"]
+        lines += [
+            f"chosen - baseline: {_pp(comparison['difference'])} pp, {conf} interval "
+            f"[{_pp(boot.low)}, {_pp(boot.high)}] (images and seeds resampled)",
+            f"McNemar over the {pooled.pairs} (seed, image) pairs: {pooled.a_only}/{pooled.b_only}, "
+            f"p = {pooled.p_value:.3g}; per seed p = "
+            f"{', '.join(f'{c.p_value:.2g}' for c in comparison['mcnemar_per_seed'])}",
+            f"verdict: {comparison['verdict']}",
+        ]
+    goal = report["goal"]
+    lines.append(
+        f"goal (mean test accuracy >= {100 * goal['accuracy']:g}%, every run < {goal['cpu_seconds']:g} s "
+        f"of processor time): {'met' if goal['met'] else 'not met'}"
+    )
+    parts = {"validation": [validation], "test": [lines], "all": [validation, lines]}[part]
+    return "\n\n".join("\n".join(line.rstrip() for line in p) for p in parts)

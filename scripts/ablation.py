@@ -1,13 +1,27 @@
-"""Precompute chapter 8's ablation: every recipe of ``companion.recipes.ablation_recipes()``, and the recipe
-chosen from them on the validation split, trained with seeds 0, 1 and 2, into
-``companion/ablation_results.json`` (package data, so it installs with the companion, in Colab too).
+"""Precompute chapter 8's ablation into ``companion/ablation_results.json`` (package data, so it installs with
+the companion, in Colab too).
 
-    python scripts/ablation.py                   # everything (about 10 minutes on a quiet 2-core CPU)
-    python scripts/ablation.py --only baseline   # re-run some recipes, keep the other runs of the file
+The design, recorded in the file's ``design``:
+
+1. *Choose on repeated k-fold.* Chapter 6's training and validation splits together (1,527 digits) are cut
+   into 5 stratified folds, once per seed (0 and 1: two repeats). Every recipe of
+   ``companion.recipes.ablation_recipes()`` trains on 4 folds and predicts the fifth, for every fold and
+   seed, with the training seed equal to the repeat's seed: each image is predicted once per seed by every
+   recipe, so the predictions are paired. ``choose_recipe`` picks the final recipe from these k-fold
+   predictions alone; the chosen combination is then evaluated the same way.
+2. *Test once.* The baseline and the chosen recipe train on the training split (seeds 0, 1, 2), as the
+   chapters do, and predict the 270 test images, which nothing before looked at.
+
+Every run keeps its predicted classes (one digit per image), so the chapter can test any comparison
+(``companion.recipes.ablation_report``).
+
+    OMP_NUM_THREADS=1 python scripts/ablation.py     # everything (about 20 minutes on a quiet 2-core CPU)
+    python scripts/ablation.py --seeds 0             # one repeat only: half the k-fold runs
 
 Each run trains on one CPU thread, as the chapters do. The file records the machine (CPU, kernels, torch
-version) and the 1-minute load average after each run, since the seconds mean little without them.
-``tests/test_recipes.py`` re-runs one seed of the chosen recipe and compares it with this file.
+version) and the 1-minute load average after each run, since the seconds mean little without them. An
+interrupted run resumes from ``ablation_results.partial.json``, keeping the runs it finished.
+``tests/test_recipes.py`` re-runs seed 0 of the chosen recipe on the test split and compares it with this file.
 """
 
 from __future__ import annotations
@@ -20,10 +34,21 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from companion.recipes import ablation_recipes, choose_recipe, digits_data, summarize, train_recipe
+from companion.recipes import (
+    ablation_recipes,
+    choose_recipe,
+    digits_data,
+    encode_labels,
+    kfold_pool,
+    run_ablation,
+    stratified_folds,
+    summarize,
+    train_recipe,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "companion" / "ablation_results.json"
@@ -50,10 +75,44 @@ def rounded(value: object) -> object:
     return value
 
 
-def save(out: Path, recipes: list, chosen: object, runs: list[dict]) -> None:
-    names = [r.name for r in recipes]
-    extra = [chosen] if chosen is not None and chosen.name not in names else []
+def design(folds: int, seeds: list[int], test_seeds: list[int], pool_size: int, test_size: int) -> dict:
+    return {
+        "choice": "repeated stratified k-fold over the training and validation splits (train first, then val)",
+        "folds": folds,
+        "repeats": len(seeds),
+        "seeds": seeds,
+        "pool_images": pool_size,
+        "test_seeds": test_seeds,
+        "test_images": test_size,
+        "split": "companion.datasets.digits_splits(0)",
+        "pairing": "every recipe: the same folds and training seed; run (seed s, fold f) predicts fold f of repeat s",
+    }
+
+
+def save(out: Path, header: dict, chosen: Any, kfold_runs: list[dict], test_runs: list[dict]) -> None:
     results = {
+        **header,
+        "chosen": asdict(chosen) if chosen is not None else None,
+        "kfold_runs": rounded(kfold_runs),
+        "test_runs": rounded(test_runs),
+    }
+    out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one k-fold repeat per seed")
+    parser.add_argument("--test-seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)
+    data = digits_data()
+    pool = kfold_pool(data)
+    recipes = ablation_recipes()
+    test_labels = data["splits"]["test"][1]
+    header = {
         "about": "chapter 8's ablation, written by scripts/ablation.py; seconds are fit's training time",
         "machine": {
             "cpu": cpu_name(),
@@ -62,63 +121,52 @@ def save(out: Path, recipes: list, chosen: object, runs: list[dict]) -> None:
             "torch": torch.__version__.split("+")[0],
             "python": sys.version.split()[0],
         },
-        "recipes": [asdict(r) for r in recipes + extra],
-        "chosen": chosen.name if chosen is not None else None,
-        "runs": rounded(runs),
+        "design": design(args.folds, args.seeds, args.test_seeds, len(pool[1]), len(test_labels)),
+        "labels": {"pool": encode_labels(pool[1]), "test": encode_labels(test_labels)},
+        "folds": {str(s): "".join(map(str, stratified_folds(pool[1], args.folds, s))) for s in args.seeds},
+        "recipes": [asdict(r) for r in recipes],
     }
-    out.write_text(json.dumps(results, indent=1) + "\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--only", nargs="+", metavar="NAME", help="re-run these recipes only (names as in the file)"
-    )
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(1)
-    data = digits_data()
-    recipes = ablation_recipes()
-    old = json.loads(args.out.read_text()) if args.out.exists() else None
-    kept = [r for r in old["runs"] if args.only and r["recipe"] not in args.only] if old else []
-    wanted = [r for r in recipes if not args.only or r.name in args.only]
+    partial = args.out.with_suffix(".partial.json")
+    old = json.loads(partial.read_text()) if partial.exists() else None
+    kept_kfold, kept_test = [], []
+    if old and old["labels"] == header["labels"] and old["recipes"] == header["recipes"]:
+        same = {s for s, folds in old["folds"].items() if header["folds"].get(s) == folds}  # same partition
+        kept_kfold = [r for r in old["kfold_runs"] if str(r["seed"]) in same]
+        kept_test = old["test_runs"]
+    kfold_runs: list[dict] = list(kept_kfold)
+    test_runs: list[dict] = []
 
     def log(run: dict) -> None:
         run["load"] = os.getloadavg()[0]
+        where = f"fold {run['fold']}" if "fold" in run else "test  "
         print(
-            f"{run['recipe']:24s} seed {run['seed']}  val {run['val_accuracy']:.4f}  "
+            f"{run['recipe']:34s} seed {run['seed']} {where}  val {run['val_accuracy']:.4f}  "
             f"{run['seconds']:5.1f} s, cpu {run['cpu_seconds']:5.1f} s  (load {run['load']:.1f})",
             flush=True,
         )
-        save(args.out.with_suffix(".partial.json"), recipes, None, runs)
+        if "fold" in run:
+            kfold_runs.append(run)
+        save(partial, header, None, kfold_runs, test_runs)
 
-    runs = list(kept)
-    for recipe in wanted:
-        for seed in args.seeds:
-            runs.append(train_recipe(recipe, seed, data))
-            log(runs[-1])
-    names = [r.name for r in recipes]
-    singles = [r for r in runs if r["recipe"] in names]
-    chosen = None
-    if {r["recipe"] for r in singles} == set(names):
-        chosen = choose_recipe(summarize(singles), recipes)
-        if chosen.name not in names:
-            stale = (
-                args.only and chosen.name not in args.only and any(r["recipe"] == chosen.name for r in runs)
-            )
-            if not stale:  # (re-)run the chosen combination unless --only kept its runs
-                runs = [r for r in runs if r["recipe"] != chosen.name]
-                for seed in args.seeds:
-                    runs.append(train_recipe(chosen, seed, data))
-                    log(runs[-1])
-    runs = [r for r in runs if r["recipe"] in names or (chosen and r["recipe"] == chosen.name)]
-    order = names + ([chosen.name] if chosen else [])
-    runs.sort(key=lambda r: (order.index(r["recipe"]), r["seed"]))
-    save(args.out, recipes, chosen, runs)
-    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
-    print(f"wrote {len(runs)} runs to {args.out}; chosen on validation: {chosen.name if chosen else '-'}")
+    singles = run_ablation(recipes, args.folds, args.seeds, data, log, keep=kept_kfold)
+    chosen = choose_recipe(summarize(singles), recipes)  # the k-fold predictions alone
+    extra = []
+    if chosen.name not in [r.name for r in recipes]:
+        extra = run_ablation([chosen], args.folds, args.seeds, data, log, keep=kept_kfold)
+    kfold_runs = singles + extra
+    kept = {(r["recipe"], r["seed"]): r for r in kept_test}
+    for recipe in [recipes[0]] + ([chosen] if chosen.name != recipes[0].name else []):
+        for seed in args.test_seeds:
+            run = kept.get((recipe.name, seed)) or train_recipe(recipe, seed, data)
+            test_runs.append(run)
+            if run is not kept.get((recipe.name, seed)):
+                log(run)
+    save(args.out, header, chosen, kfold_runs, test_runs)
+    partial.unlink(missing_ok=True)
+    print(
+        f"wrote {len(kfold_runs)} k-fold runs and {len(test_runs)} test runs to {args.out}; "
+        f"chosen on k-fold validation: {chosen.name}"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,15 +17,23 @@ from companion.recipes import (
     DigitImages,
     Recipe,
     ablation_recipes,
+    ablation_report,
     changes,
     choose_recipe,
+    decode_labels,
     digit_augmentation,
     digits_cnn,
     digits_data,
+    encode_labels,
+    format_report,
+    kfold_pool,
     make_optimizer,
     make_scheduler,
     parameter_groups,
+    run_ablation,
+    stratified_folds,
     summarize,
+    train_fold,
     train_recipe,
     warmup_cosine,
 )
@@ -300,15 +309,205 @@ def test_train_recipe_is_repeatable_and_reports_what_it_measured(data):
         train_recipe({"width": 4}, 0, data)
 
 
-def test_one_seed_of_the_chosen_recipe_reproduces_the_ablation_file(data):
-    """The chapter's ablation comes from a file: re-run seed 0 of the recipe it chose and compare.
+def test_summarize_pools_the_validation_accuracy_of_folds_of_different_sizes():
+    runs = [
+        {"recipe": "x", "val_accuracy": a, "val_predictions": "0" * n, "val_loss": 0.1, "seconds": 1.0,
+         "cpu_seconds": 1.0}
+        for a, n in ((1.0, 300), (0.5, 100))
+    ]  # fmt: skip
+    (row,) = summarize(runs)
+    assert row["val_accuracy"] == pytest.approx((300 + 50) / 400)  # not (1.0 + 0.5) / 2
+    assert "test_accuracy" not in row  # k-fold runs never see the test split
+
+
+def test_labels_round_trip_through_their_one_digit_encoding():
+    assert encode_labels(torch.tensor([3, 0, 7])) == "307" and decode_labels("307") == [3, 0, 7]
+    with pytest.raises(ValueError, match=r"labels must be classes 0..9"):
+        encode_labels([3, 10])
+    with pytest.raises(ValueError, match="labels must be a string of digits"):
+        decode_labels("3 0")
+
+
+def test_stratified_folds_put_every_image_in_one_fold_with_each_digit_spread_evenly(data):
+    _, labels = kfold_pool(data)
+    assert len(labels) == 1527  # train + val, never test
+    fold_of = stratified_folds(labels, 5, seed=0)
+    sizes = [fold_of.count(f) for f in range(5)]
+    assert sorted(set(fold_of)) == [0, 1, 2, 3, 4] and max(sizes) - min(sizes) <= 1
+    for digit in range(10):
+        per_fold = [sum(1 for f, y in zip(fold_of, labels) if f == k and y == digit) for k in range(5)]
+        assert max(per_fold) - min(per_fold) <= 1, (digit, per_fold)
+    assert stratified_folds(labels, 5, seed=0) == fold_of  # a seed gives the same partition
+    assert stratified_folds(labels, 5, seed=1) != fold_of  # another seed, another repeat
+    with pytest.raises(ValueError, match="folds must be an int >= 2"):
+        stratified_folds(labels, 1)
+
+
+def test_train_fold_predicts_exactly_the_images_of_its_fold(data):
+    pool = kfold_pool(data)
+    fold_of = stratified_folds(pool[1], 5, seed=0)
+    tiny = Recipe("tiny", width=4, epochs=1, batch_size=256)
+    run = train_fold(tiny, 0, pool, fold_of, 2)
+    held_out = [i for i, f in enumerate(fold_of) if f == 2]
+    assert run["fold"] == 2 and len(run["val_predictions"]) == len(held_out)
+    right = sum(p == pool[1][i].item() for p, i in zip(decode_labels(run["val_predictions"]), held_out))
+    assert run["val_accuracy"] == pytest.approx(right / len(held_out))
+    with pytest.raises(ValueError, match="fold 7"):
+        train_fold(tiny, 0, pool, fold_of, 7)
+
+
+def test_run_ablation_keeps_finished_runs_and_orders_seed_recipe_fold(data, monkeypatch):
+    trained = []
+
+    def fake(recipe, seed, pool, fold_of, fold):
+        trained.append((recipe.name, seed, fold))
+        return {"recipe": recipe.name, "seed": seed, "fold": fold}
+
+    monkeypatch.setattr("companion.recipes.train_fold", fake)
+    recipes = [BASELINE, BASELINE.but("x", dropout=0.0)]
+    done = {"recipe": "x", "seed": 1, "fold": 0, "kept": True}
+    runs = run_ablation(recipes, folds=2, seeds=(0, 1), data=data, keep=[done])
+    assert [(r["recipe"], r["seed"], r["fold"]) for r in runs] == [
+        (name, seed, fold) for seed in (0, 1) for name in ("baseline", "x") for fold in (0, 1)
+    ]
+    assert ("x", 1, 0) not in trained and runs[6]["kept"]
+
+
+def synthetic_results() -> dict:
+    """An ablation file with known answers: 40 pool images in 2 folds, 2 seeds; 30 test images."""
+    pool, test = "0123456789" * 4, "9876543210" * 3
+    folds = {"0": "01" * 20, "1": "0011" * 10}
+
+    def wrong(labels: str, which: set[int]) -> str:
+        return "".join(str((int(y) + 1) % 10) if i in which else y for i, y in enumerate(labels))
+
+    def kfold(recipe: str, predicted: str) -> list[dict]:
+        runs = []
+        for seed in (0, 1):
+            for fold in (0, 1):
+                held = [i for i, f in enumerate(folds[str(seed)]) if int(f) == fold]
+                preds = "".join(predicted[i] for i in held)
+                right = sum(preds[j] == pool[i] for j, i in enumerate(held)) / len(held)
+                runs.append({"recipe": recipe, "seed": seed, "fold": fold, "val_accuracy": right,
+                             "val_loss": 0.1, "val_predictions": preds, "seconds": 2.0, "cpu_seconds": 1.0})  # fmt: skip
+        return runs
+
+    base = wrong(pool, set(range(0, 40, 2)))  # half the pool wrong
+    runs = kfold("baseline", base) + kfold("perfect", pool) + kfold("same", base)
+    runs += kfold("slightly", wrong(pool, set(range(0, 38, 2))))  # one image better per seed
+    recipes = [BASELINE, BASELINE.but("perfect", label_smoothing=0.1), BASELINE.but("same", dropout=0.1)]
+    recipes.append(BASELINE.but("slightly", width=32))
+    test_runs = []
+    for name, predicted in (("baseline", wrong(test, set(range(12)))), ("perfect + slightly", test)):
+        for seed in (0, 1, 2):
+            right = sum(p == y for p, y in zip(predicted, test)) / 30
+            test_runs.append({"recipe": name, "seed": seed, "test_predictions": predicted, "test_accuracy": right,
+                              "test_errors": round((1 - right) * 30), "val_accuracy": 1.0, "val_loss": 0.1,
+                              "seconds": 2.0, "cpu_seconds": 1.0})  # fmt: skip
+    return {
+        "design": {
+            "folds": 2,
+            "repeats": 2,
+            "seeds": [0, 1],
+            "pool_images": 40,
+            "test_seeds": [0, 1, 2],
+            "test_images": 30,
+        },  # fmt: skip
+        "labels": {"pool": pool, "test": test},
+        "folds": folds,
+        "recipes": [asdict(r) for r in recipes],
+        "chosen": asdict(BASELINE.but("perfect + slightly", label_smoothing=0.1, width=32)),
+        "kfold_runs": runs,
+        "test_runs": test_runs,
+    }
+
+
+def test_ablation_report_gives_each_recipe_its_verdict_against_the_baseline():
+    report = ablation_report(synthetic_results())
+    rows = {row["recipe"]: row for row in report["validation"]}
+    assert rows["baseline"]["accuracy"] == 0.5 and "verdict" not in rows["baseline"]
+    assert rows["perfect"]["difference"] == pytest.approx(0.5) and rows["perfect"]["verdict"] == "better"
+    assert rows["perfect"]["mcnemar"].a_only == 40 and rows["perfect"]["mcnemar"].pairs == 80
+    assert [c.pairs for c in rows["perfect"]["mcnemar_per_seed"]] == [40, 40]
+    assert rows["same"]["verdict"] == "no significant difference" and rows["same"]["difference"] == 0
+    # one image of 40 better with each seed: a higher mean, not a finding
+    assert rows["slightly"]["difference"] == pytest.approx(1 / 40)
+    assert rows["slightly"]["verdict"] == "no significant difference"
+    assert report["better"] == ["perfect"] and report["worse"] == []
+    # the choice still combines every change with a higher mean; the report says which are significant
+    assert report["chosen"] == "perfect + slightly"
+    test = report["test_comparison"]
+    assert [r["errors"] for r in report["test"]] == [[12, 12, 12], [0, 0, 0]]
+    assert test["mcnemar"].pairs == 90 and len(test["mcnemar_per_seed"]) == 3
+    assert test["verdict"] == "better" and report["goal"]["met"]
+    text = format_report(report)
+    assert "significantly better than the baseline on k-fold: perfect" in text
+    assert "chosen on k-fold validation: perfect + slightly" in text and "goal" in text
+    before_test = format_report(report, "validation")
+    assert text == before_test + "\n\n" + format_report(report, "test")
+    assert "test split" not in before_test and "perfect + slightly" in format_report(report, "test")
+    with pytest.raises(ValueError, match="part must be 'all', 'validation' or 'test'"):
+        format_report(report, "val")
+
+
+def test_ablation_report_refuses_runs_that_miss_an_image():
+    results = synthetic_results()
+    results["kfold_runs"] = [r for r in results["kfold_runs"] if (r["recipe"], r["fold"]) != ("same", 1)]
+    with pytest.raises(ValueError, match="k-fold runs of 'same' with seed 0 do not cover every image"):
+        ablation_report(results)
+
+
+# --- the ablation file -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def results():
+    return json.loads(RESULTS.read_text())
+
+
+def test_the_ablation_file_holds_its_design_and_chose_on_k_fold_validation_alone(results, data):
+    design = results["design"]
+    pool = kfold_pool(data)
+    assert results["labels"]["pool"] == encode_labels(pool[1])  # the same images, in the same order
+    assert results["labels"]["test"] == encode_labels(data["splits"]["test"][1])
+    for seed in design["seeds"]:
+        assert results["folds"][str(seed)] == "".join(
+            map(str, stratified_folds(pool[1], design["folds"], seed))
+        )
+    names = [r["name"] for r in results["recipes"]]
+    assert names == [r.name for r in ablation_recipes()]
+    for name in names:
+        runs = [(r["seed"], r["fold"]) for r in results["kfold_runs"] if r["recipe"] == name]
+        assert sorted(runs) == [(s, f) for s in design["seeds"] for f in range(design["folds"])], name
+    recipes = [Recipe(**r) for r in results["recipes"]]
+    singles = [r for r in results["kfold_runs"] if r["recipe"] in names]
+    assert choose_recipe(summarize(singles), recipes) == Recipe(**results["chosen"])
+    # the test split was read for the baseline and the chosen recipe only
+    assert {r["recipe"] for r in results["test_runs"]} <= {"baseline", results["chosen"]["name"]}
+    assert (
+        sorted(r["seed"] for r in results["test_runs"] if r["recipe"] == "baseline") == design["test_seeds"]
+    )
+
+
+def test_format_report_of_the_ablation_file_fits_a_page_of_88_columns(results):
+    """Chapter 8 prints the report, and a book page holds 88 columns (tests/test_course.py)."""
+    text = format_report(ablation_report(results, resamples=200))
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 88 and all(line == line.rstrip() for line in lines)
+    chosen = results["chosen"]["name"]
+    assert len(chosen) > 21 and chosen in lines  # a long name gets a line of its own, its figures below
+    figures = lines[lines.index(chosen) + 1]
+    assert figures.startswith(" " * 21) and figures.endswith("n.s.")
+    assert "n.s.: no significant difference at level 0.05" in lines
+
+
+def test_one_seed_of_the_chosen_recipe_reproduces_the_ablation_file(data, results):
+    """The chapter's test figures come from a file: re-run seed 0 of the recipe it chose and compare.
 
     Another CPU's kernels round some sums differently and training amplifies that, so the accuracies
     may differ by an image or two of 270, and the loss by a fraction of itself."""
-    results = json.loads(RESULTS.read_text())
-    recipes = {r["name"]: Recipe(**r) for r in results["recipes"]}
-    chosen = recipes[results["chosen"]]
-    saved = next(r for r in results["runs"] if r["recipe"] == chosen.name and r["seed"] == 0)
+    chosen = Recipe(**results["chosen"])
+    saved = next(r for r in results["test_runs"] if r["recipe"] == chosen.name and r["seed"] == 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as scripts/ablation.py trained it
     try:
@@ -319,3 +518,4 @@ def test_one_seed_of_the_chosen_recipe_reproduces_the_ablation_file(data):
     for key in ("val_accuracy", "test_accuracy"):
         assert abs(run[key] - saved[key]) <= 2 / 270 + 1e-9, (key, run[key], saved[key])
     assert run["val_loss"] == pytest.approx(saved["val_loss"], rel=0.5)
+    assert len(run["test_predictions"]) == len(saved["test_predictions"]) == 270
