@@ -7,6 +7,7 @@ Its modules follow the book's chapters: a chapter about losses imports from
 chapter starts with, and the loop, are importable from the top level.
 """
 
+from companion.callbacks import EMAWeightAveraging, StochasticWeightAveraging  # chapter 8: weight averaging
 from companion.device import default_device
 from companion.history import History
 from companion.lr_finder import lr_find as lr_find  # chapter 8: the learning-rate range test
@@ -14,5 +15,15 @@ from companion.seeding import seed_everything
 from companion.significance import mcnemar, paired_bootstrap  # chapter 8: is one model better than another?
 from companion.train import evaluate, fit
 
-__all__ = ["History", "default_device", "evaluate", "fit", "mcnemar", "paired_bootstrap", "seed_everything"]
+__all__ = [
+    "EMAWeightAveraging",
+    "History",
+    "StochasticWeightAveraging",
+    "default_device",
+    "evaluate",
+    "fit",
+    "mcnemar",
+    "paired_bootstrap",
+    "seed_everything",
+]
 __version__ = "0.1.0"

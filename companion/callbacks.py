@@ -27,6 +27,11 @@ state every other callback reached at that epoch. A callback with state to save 
 Under DDP (chapter 10) every rank runs every callback, on the same history (``fit`` gives every rank
 rank 0's row), and ``fit`` makes a stop asked for on any rank the decision of all, before the
 checkpoints run. :class:`CSVLogger` and :class:`Checkpoint` write on rank 0 only.
+
+Chapter 8 adds weight averaging: :class:`EMAWeightAveraging` (an exponential moving average of the
+weights, after every optimizer step) and :class:`StochasticWeightAveraging` (the mean of the weights at
+the end of each epoch from a start epoch), both :class:`WeightAveraging` callbacks over
+``torch.optim.swa_utils.AveragedModel``.
 """
 
 from __future__ import annotations
@@ -44,22 +49,27 @@ from torch import nn
 
 from companion.checkpoint import (
     check_file_path,
+    check_not_sharded,
     load_plain_state_dict,
     plain_state_dict,
     rng_state,
     save_checkpoint,
 )
-from companion.checks import is_int
+from companion.checks import is_int, is_number
 from companion.distributed import barrier, gather_objects, is_distributed, is_main_process
 from companion.history import History, check_mode
+from companion.wrappers import unwrap
 
 __all__ = [
     "HOOKS",
     "CSVLogger",
     "Callback",
     "Checkpoint",
+    "EMAWeightAveraging",
     "EarlyStopping",
     "FitState",
+    "StochasticWeightAveraging",
+    "WeightAveraging",
     "check_callbacks",
     "hook_callers",
     "run_order",
@@ -339,6 +349,9 @@ class Checkpoint(Callback):
         value = _monitored(state.history.rows[-1], self.monitor, "Checkpoint")
         return math.isfinite(value) and state.history.best(self.monitor, self.mode)["epoch"] == state.epoch
 
+    def on_fit_start(self, state: FitState) -> None:
+        check_not_sharded(state.model)  # on every rank, before the first step: a file would hold one shard
+
     def on_train_epoch_end(self, state: FitState) -> None:
         if not self.due(state):
             return
@@ -388,3 +401,232 @@ class CSVLogger(Callback):
 
     def __repr__(self) -> str:
         return f"CSVLogger({str(self.path)!r})"
+
+
+# --- weight averaging (chapter 8) -------------------------------------------------------------------
+
+
+class WeightAveraging(Callback):
+    """Keep an average of the model's weights beside the model, in a ``torch.optim.swa_utils.AveragedModel``.
+
+    The model trains as before; the average is a second copy of it that :meth:`update` moves towards
+    the model's weights. Subclasses say when: :class:`EMAWeightAveraging` after every optimizer step,
+    :class:`StochasticWeightAveraging` after every epoch from a start epoch. The first update copies
+    the weights; later ones average with ``multi_avg_fn`` (the running mean when it is ``None``).
+
+    Batch norm: a network's running statistics belong to its own weights, not the average's. With
+    ``use_buffers=False`` (the default) the buffers are not averaged but copied from the model at each
+    update (the model's statistics, for other weights), and at the end of training
+    ``torch.optim.swa_utils.update_bn`` recomputes them for the averaged weights in one pass, in
+    train mode and without gradients, over ``bn_loader`` (the training loader when ``None``; pass the
+    loader without MixUp/CutMix to measure the images as the model will see them). With
+    ``use_buffers=True`` the buffers are averaged like the weights and nothing is recomputed.
+
+    After ``fit``, :attr:`averaged_model` is the averaged network, a plain ``nn.Module`` in eval mode:
+    measure it with ``companion.evaluate(callback.averaged_model, val_loader, loss_fn)``, or copy it
+    into the model with ``model.load_state_dict(callback.averaged_model.state_dict())``. The average
+    is part of a checkpoint (:meth:`state_dict`), so a resumed run ends with the same average, bit for
+    bit on a CPU, as an uninterrupted one. Each fit starts a new average.
+    """
+
+    def __init__(
+        self,
+        *,
+        multi_avg_fn: Callable[..., Any] | None = None,
+        use_buffers: bool = False,
+        update_bn: bool = True,
+        bn_loader: Iterable | None = None,
+    ):
+        for name, value in (("use_buffers", use_buffers), ("update_bn", update_bn)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+        if bn_loader is not None and not isinstance(bn_loader, Iterable):
+            raise TypeError(
+                f"bn_loader must be a DataLoader of (inputs, targets) batches or None (the training "
+                f"loader), got {type(bn_loader).__name__}"
+            )
+        self.multi_avg_fn, self.use_buffers = multi_avg_fn, use_buffers
+        self.update_bn, self.bn_loader = update_bn, bn_loader
+        self.averaged: torch.optim.swa_utils.AveragedModel | None = None
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.averaged = torch.optim.swa_utils.AveragedModel(
+            _plain_model(state.model), multi_avg_fn=self.multi_avg_fn, use_buffers=self.use_buffers
+        )
+
+    def update(self, state: FitState) -> None:
+        """Average the model's current weights in: ``AveragedModel.update_parameters``."""
+        self._require_average().update_parameters(_plain_model(state.model))
+
+    @property
+    def n_averaged(self) -> int:
+        """How many times the weights have been averaged in (0 before the first update)."""
+        return 0 if self.averaged is None else int(self.averaged.n_averaged)
+
+    @property
+    def averaged_model(self) -> nn.Module:
+        """The network with the averaged weights (and, after ``fit``, recomputed batch-norm statistics)."""
+        if self.n_averaged == 0:
+            raise ValueError(
+                f"{type(self).__name__} has averaged no weights yet: pass it to fit(..., callbacks=[...]) "
+                f"and train until its first update ({self._first_update()})"
+            )
+        return self._require_average().module
+
+    def _first_update(self) -> str:
+        return "the first optimizer step"
+
+    def _require_average(self) -> torch.optim.swa_utils.AveragedModel:
+        if self.averaged is None:
+            raise ValueError(
+                f"{type(self).__name__} holds no average before fit starts: pass it to fit(..., callbacks=[...])"
+            )
+        return self.averaged
+
+    def on_fit_end(self, state: FitState) -> None:
+        averaged = self._require_average()
+        if self.update_bn and not self.use_buffers and self.n_averaged > 0:
+            loader = self.bn_loader if self.bn_loader is not None else state.train_loader
+            with torch.no_grad():
+                torch.optim.swa_utils.update_bn(loader, averaged.module, device=state.device)
+        averaged.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"averaged": None if self.averaged is None else self.averaged.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["averaged"] is not None:
+            self._require_average().load_state_dict(state["averaged"])
+
+
+def _plain_model(model: nn.Module) -> nn.Module:
+    """The model inside any ``DistributedDataParallel`` or ``torch.compile`` wrapper: what to average."""
+    return unwrap(model)
+
+
+def _check_decay(decay: Any) -> float:
+    if not is_number(decay):
+        raise TypeError(
+            f"decay must be a number between 0 and 1, got {type(decay).__name__} {decay!r}; pass e.g. decay=0.99"
+        )
+    if not 0 < decay < 1:
+        raise ValueError(
+            f"decay must be a number strictly between 0 and 1, got {decay!r}: the average keeps that share "
+            "of itself at every step and spans about 1 / (1 - decay) steps; pass e.g. decay=0.99"
+        )
+    return float(decay)
+
+
+class EMAWeightAveraging(WeightAveraging):
+    r"""An exponential moving average of the weights, updated after every optimizer step.
+
+    With the model's weights :math:`w_t` after step :math:`t` and the decay :math:`d`,
+
+    .. math:: a_1 = w_1, \qquad a_t = d\, a_{t-1} + (1 - d)\, w_t,
+
+    (``torch.optim.swa_utils.get_ema_multi_avg_fn(decay)``), so step :math:`s` weighs
+    :math:`(1 - d)\, d^{\,t - s}` in :math:`a_t` and the first step :math:`d^{\,t-1}`: the average
+    spans about :math:`1 / (1 - d)` steps. Choose :math:`d` so that :math:`d^{\,T}` is small for the
+    run's :math:`T` steps (``0.999`` suits tens of thousands of steps, ``0.99`` a few thousand). A step
+    a ``GradScaler`` skipped is no step (``state.global_step`` did not move), and with
+    ``accumulate_grad_batches=k`` the average moves once per ``k`` batches. The name and the default
+    decay are Lightning's ``EMAWeightAveraging``'s; the rest is :class:`WeightAveraging`'s.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.999,
+        *,
+        use_buffers: bool = False,
+        update_bn: bool = True,
+        bn_loader: Iterable | None = None,
+    ):
+        self.decay = _check_decay(decay)
+        super().__init__(
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.decay),
+            use_buffers=use_buffers,
+            update_bn=update_bn,
+            bn_loader=bn_loader,
+        )
+        self.last_step = 0
+
+    def on_fit_start(self, state: FitState) -> None:
+        super().on_fit_start(state)
+        self.last_step = state.global_step
+
+    def _update_after_new_steps(self, state: FitState) -> None:
+        if state.global_step > self.last_step:
+            self.update(state)
+            self.last_step = state.global_step
+
+    def on_train_batch_end(self, state: FitState, loss: torch.Tensor | float, batch_idx: int) -> None:
+        self._update_after_new_steps(state)
+
+    def on_train_epoch_end(self, state: FitState) -> None:
+        self._update_after_new_steps(state)  # a loader without a length steps once more after its last batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.last_step = state["last_step"]
+
+    def __repr__(self) -> str:
+        return f"EMAWeightAveraging(decay={self.decay}, use_buffers={self.use_buffers})"
+
+
+class StochasticWeightAveraging(WeightAveraging):
+    r"""Stochastic weight averaging (Izmailov et al., 2018): the mean of the weights at the end of each
+    epoch from ``swa_epoch_start`` on.
+
+    With :math:`w_e` the weights after epoch :math:`e` and :math:`s` = ``swa_epoch_start``, after epoch
+    :math:`E \ge s`
+
+    .. math:: a_E = \frac{1}{E - s + 1} \sum_{e=s}^{E} w_e,
+
+    computed as a running mean, :math:`a \leftarrow a + (w_E - a) / n` (``AveragedModel``'s default).
+    It averages only: the learning rate is ``fit``'s scheduler's. SWA works best when the late epochs
+    still move (a constant or cyclical rate there, e.g. ``torch.optim.swa_utils.SWALR``), so the
+    average lands between the points they visit. The name is Lightning's ``StochasticWeightAveraging``;
+    its ``swa_epoch_start`` is here a whole epoch, 1-based, no later than fit's ``epochs``.
+    """
+
+    def __init__(
+        self,
+        swa_epoch_start: int,
+        *,
+        use_buffers: bool = False,
+        update_bn: bool = True,
+        bn_loader: Iterable | None = None,
+    ):
+        if not is_int(swa_epoch_start):
+            raise TypeError(
+                f"swa_epoch_start must be an int, the first epoch (1-based) whose weights are averaged, got "
+                f"{type(swa_epoch_start).__name__} {swa_epoch_start!r}; pass e.g. swa_epoch_start=15"
+            )
+        if swa_epoch_start < 1:
+            raise ValueError(
+                f"swa_epoch_start must be a positive int, the first epoch (1-based) whose weights are "
+                f"averaged, got {swa_epoch_start!r}; pass e.g. swa_epoch_start=15 for the last 6 of 20 epochs"
+            )
+        self.swa_epoch_start = int(swa_epoch_start)
+        super().__init__(use_buffers=use_buffers, update_bn=update_bn, bn_loader=bn_loader)
+
+    def on_fit_start(self, state: FitState) -> None:
+        if self.swa_epoch_start > state.epochs:
+            raise ValueError(
+                f"swa_epoch_start={self.swa_epoch_start} comes after the last epoch (epochs={state.epochs}), "
+                f"so no weights would be averaged: pass swa_epoch_start between 1 and {state.epochs}"
+            )
+        super().on_fit_start(state)
+
+    def _first_update(self) -> str:
+        return f"the end of epoch {self.swa_epoch_start}"
+
+    def on_train_epoch_end(self, state: FitState) -> None:
+        if state.epoch >= self.swa_epoch_start:
+            self.update(state)
+
+    def __repr__(self) -> str:
+        return f"StochasticWeightAveraging(swa_epoch_start={self.swa_epoch_start}, use_buffers={self.use_buffers})"
