@@ -95,6 +95,29 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {plain_key(k): v for k, v in unwrap(model).state_dict().items()}
 
 
+def check_not_sharded(model: nn.Module) -> None:
+    """Refuse a model whose weights are sharded across ranks (FSDP2's ``fully_shard``: ``DTensor`` shards).
+
+    A checkpoint of this module is one file written by rank 0, which would hold rank 0's shard only and
+    read back without complaint: a sharded model is saved by every rank with
+    ``torch.distributed.checkpoint`` instead (chapter 10).
+    """
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a build of torch without torch.distributed
+        return
+    sharded = [(k, v) for k, v in plain_state_dict(model).items() if isinstance(v, DTensor)]
+    if sharded:
+        name, first = sharded[0]
+        raise CheckpointError(
+            f"the model's weights are sharded across ranks ({len(sharded)} DTensor shards, e.g. {name!r}: "
+            f"{tuple(first.to_local().shape)} here of {tuple(first.shape)}): a checkpoint written by rank 0 "
+            "would hold rank 0's shard only. Save a sharded model on every rank with "
+            "torch.distributed.checkpoint: dcp.save(get_state_dict(model, optimizer), checkpoint_id=...) "
+            "(torch.distributed.checkpoint.state_dict), or train without Checkpoint / resume_from"
+        )
+
+
 def _model_mismatch(model: nn.Module, saved: Mapping[str, torch.Tensor]) -> str | None:
     """What differs between ``model``'s weights and ``saved`` (plain names), or None if they fit."""
     own = plain_state_dict(model)
@@ -375,6 +398,7 @@ def save_checkpoint(
     """
     path = Path(path)
     check_file_path(path)
+    check_not_sharded(model)
     state = {
         "format": FORMAT,
         "epoch": int(epoch),
@@ -444,6 +468,7 @@ class SavedCheckpoint:
         ``fit_settings`` (a resumed fit's) must equal those the checkpoint recorded, if it recorded any.
         """
         s = self._state
+        check_not_sharded(model)
         problem = _model_mismatch(model, s["model"])
         if problem:
             raise self._refuse(f"the model differs from the one saved: {problem}")

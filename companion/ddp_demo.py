@@ -10,7 +10,10 @@ global batch with :func:`companion.fit`, and prints what it saw, one line at a t
 ``rank <r>:``. Rank 0 writes ``history.csv``, the checkpoint ``last.pt`` and ``weights.pt`` (the
 weights after every epoch, the history, and the wall-clock and CPU seconds ``fit`` took in each of
 ``--repeats`` runs) to ``--out``. Run without ``torchrun`` (``python -m companion.ddp_demo``), the same
-code trains in one process.
+code trains in one process. ``--strategy fsdp`` shards the model over the ranks with FSDP2
+(:func:`companion.strategy.shard_model`) instead of replicating it; rank 0 then writes no ``last.pt``
+(:class:`~companion.callbacks.Checkpoint` would save rank 0's shard only: sharded runs save with
+``torch.distributed.checkpoint``).
 
 The model is a small MLP with neither dropout nor batch normalization, so that the run is the same
 computation as one process's on the global batch. Batch normalization would normalize each rank's local
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from companion.callbacks import Callback, Checkpoint, CSVLogger
@@ -50,6 +54,7 @@ from companion.distributed import (
 )
 from companion.history import History
 from companion.seeding import seed_everything
+from companion.strategy import shard_model
 from companion.train import fit
 
 __all__ = ["Run", "digits_datasets", "main", "make_model", "train", "train_loader", "val_loader"]
@@ -102,13 +107,20 @@ def val_loader(dataset: TensorDataset) -> DataLoader:
 
 
 class WeightsEachEpoch(Callback):
-    """Keeps a copy of the weights after every epoch."""
+    """Keeps a copy of the whole weights after every epoch (a sharded model's gathered: every rank calls it)."""
 
     def __init__(self) -> None:
         self.weights: list[dict[str, torch.Tensor]] = []
 
     def on_train_epoch_end(self, state) -> None:
-        self.weights.append({k: v.detach().cpu().clone() for k, v in plain_state_dict(state.model).items()})
+        self.weights.append(
+            {k: _whole(v).detach().cpu().clone() for k, v in plain_state_dict(state.model).items()}
+        )
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded ``DTensor`` gathered from every rank (a collective); a plain tensor as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 @dataclass
@@ -132,20 +144,26 @@ def train(
     replicas: int | None = None,
     out: str | Path | None = None,
     device: torch.device | str = "cpu",
+    sharded: bool = False,
 ) -> Run:
     """Train :func:`make_model` on the digits with SGD (momentum 0.9) and :func:`companion.fit`.
 
     Every rank (or the one process) starts from the weights ``seed`` draws. ``out``: a folder where
-    rank 0 writes ``history.csv`` and the checkpoint ``last.pt``.
+    rank 0 writes ``history.csv`` and the checkpoint ``last.pt``. ``sharded``: under ``torchrun``, shard
+    the model with FSDP2 before building the optimizer (``fit`` then trains with
+    :class:`~companion.strategy.FSDPStrategy`); rank 0 writes ``history.csv`` only.
     """
     train_set, val_set = digits_datasets()
     seed_everything(seed)
     model = make_model()
+    if sharded:
+        model = shard_model(model, device)  # before the optimizer: it must hold the shards
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     snapshots = WeightsEachEpoch()
     callbacks: list[Callback] = [snapshots]
     if out is not None:
-        callbacks += [CSVLogger(Path(out) / "history.csv"), Checkpoint(Path(out) / "last.pt")]
+        callbacks += [CSVLogger(Path(out) / "history.csv")]
+        callbacks += [] if sharded else [Checkpoint(Path(out) / "last.pt")]
     loader = train_loader(train_set, global_batch, seed, replicas)
     started, cpu_started = time.perf_counter(), time.process_time()
     history = fit(
@@ -178,12 +196,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--backend", default=None, help="gloo (CPUs) or nccl (GPUs); default: nccl if CUDA")
     parser.add_argument("--out", type=Path, default=None, help="folder for rank 0's files")
+    parser.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        default="ddp",
+        help="replicate the model (ddp) or shard it (fsdp)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="train this many times, to time fit")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     device = setup(args.backend)
+    sharded = args.strategy == "fsdp" and is_distributed()  # one process trains the model whole
     train_set, _ = digits_datasets()
     loader = train_loader(train_set, args.global_batch, args.seed)
     shard, repeated = len(loader.sampler), repeats_in_last_batch(loader)
@@ -194,7 +219,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{len(loader)} batches of {loader.batch_size} per epoch"
     )
     runs = [
-        train(args.epochs, args.global_batch, args.lr, args.seed, out=args.out, device=device)
+        train(
+            args.epochs,
+            args.global_batch,
+            args.lr,
+            args.seed,
+            out=args.out,
+            device=device,
+            sharded=sharded,
+        )
         for _ in range(args.repeats)
     ]
     run = runs[0]  # every repeat computes the same: the same seed, the same batches
@@ -216,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             },
             args.out / "weights.pt",
         )
-        _say(f"wrote history.csv, last.pt and weights.pt to {args.out.name}/")
+        written = "history.csv and weights.pt" if sharded else "history.csv, last.pt and weights.pt"
+        _say(f"wrote {written} to {args.out.name}/")
     teardown()
 
 

@@ -19,7 +19,8 @@ a :class:`Strategy`, in this order::
 (``DistributedDataParallel``) checks the set-up on all ranks at once, wraps the model, skips the gradient
 all-reduce of the batches before a group's last, gathers the metrics and shares the decisions. The names
 are those of PyTorch Lightning's ``Strategy`` where it has one; sharded training (FSDP2) is one more
-subclass, not more branches in the loop. :func:`current_strategy` picks one for this process.
+subclass, not more branches in the loop: :class:`FSDPStrategy`, for a model that :func:`shard_model`
+sharded over the ranks. :func:`current_strategy` picks one for this process and model.
 
 This module imports :mod:`companion.distributed` only.
 """
@@ -27,11 +28,14 @@ This module imports :mod:`companion.distributed` only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 
 from companion.distributed import (
     any_rank,
@@ -46,7 +50,15 @@ from companion.distributed import (
     wrap,
 )
 
-__all__ = ["DDPStrategy", "SingleDeviceStrategy", "Strategy", "current_strategy"]
+__all__ = [
+    "DDPStrategy",
+    "FSDPStrategy",
+    "SingleDeviceStrategy",
+    "Strategy",
+    "current_strategy",
+    "shard_model",
+    "shard_sizes",
+]
 
 _NO_CONTEXT = contextlib.nullcontext()
 
@@ -133,6 +145,91 @@ class DDPStrategy(Strategy):
         return any_rank(flag)
 
 
-def current_strategy() -> Strategy:
-    """:class:`DDPStrategy` in an initialized process group (under ``torchrun``), else :class:`SingleDeviceStrategy`."""
-    return DDPStrategy() if is_distributed() else SingleDeviceStrategy()
+def shard_model(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    r"""``model`` sharded over the ranks with FSDP2 (``fully_shard``), in place; returns it. Build the optimizer after.
+
+    Every submodule that holds parameters of its own is one unit, children first, then the whole model:
+    each parameter becomes a ``DTensor`` of which each of the :math:`W` ranks keeps
+    :math:`\lceil n_0 / W \rceil` of the :math:`n_0` rows of dimension 0 (``Shard(0)``, the last rank
+    fewer when :math:`W` does not divide :math:`n_0`), so about :math:`1/W` of the elements. A unit's
+    forward all-gathers its whole weights and frees them after; its backward reduce-scatters the
+    gradient, so each rank holds the average over the ranks of its own rows (what DDP's all-reduce
+    gives every rank whole), and the optimizer updates, and keeps state for, those rows only.
+
+    The device mesh is one dimension over every rank of the group, on ``device``'s type (``"cpu"`` with
+    gloo, ``"cuda"`` with NCCL). A model already sharded is returned as it is.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, FSDPModule):
+        return model
+    if not is_distributed():
+        raise ValueError(
+            "shard_model shards over the ranks of a process group, and none is initialized: launch with "
+            "torchrun and call companion.distributed.setup() first (one process trains the model whole)"
+        )
+    mesh = init_device_mesh(torch.device(device).type, (torch.distributed.get_world_size(),))
+    for module in reversed(list(model.modules())):  # children before their parents
+        if module is not model and any(True for _ in module.parameters(recurse=False)):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def shard_sizes(tensors: Iterable[torch.Tensor]) -> tuple[int, int]:
+    """``(on this rank, whole)``: the elements of ``tensors`` this rank holds, and the tensors' full size.
+
+    A ``DTensor`` (a sharded parameter, its gradient, its optimizer state) counts its local shard on
+    this rank; a plain tensor counts whole in both (every rank holds it all, as under DDP).
+    """
+    mine = whole = 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors must hold tensors only, got a {type(t).__name__}")
+        mine += t.to_local().numel() if isinstance(t, DTensor) else t.numel()
+        whole += t.numel()
+    return mine, whole
+
+
+@contextlib.contextmanager
+def _gradient_sync_off(net: FSDPModule) -> Iterator[None]:
+    net.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        net.set_requires_gradient_sync(True)
+
+
+class FSDPStrategy(DDPStrategy):
+    """One process per rank, the model sharded over them with FSDP2 (:func:`shard_model`).
+
+    As :class:`DDPStrategy` (the same checks of the set-up, metrics gathered, decisions shared), but the
+    model communicates itself: ``wrap_model`` takes it as :func:`shard_model` left it (it must be
+    sharded before the optimizer is built, which then holds the shards); ``block_backward_sync`` turns
+    the gradient's reduce-scatter off for the batches before a group's last
+    (``set_requires_gradient_sync(False)``), so the whole unsharded gradient accumulates on each rank
+    and one reduce-scatter serves the group.
+    """
+
+    def wrap_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        if not isinstance(model, FSDPModule):
+            raise ValueError(
+                f"FSDPStrategy trains a model sharded with fully_shard, got a {type(model).__name__}: call "
+                "companion.strategy.shard_model(model) before building the optimizer over model.parameters()"
+            )
+        return model
+
+    def block_backward_sync(self, net: nn.Module, block: bool) -> contextlib.AbstractContextManager:
+        return _gradient_sync_off(net) if block else _NO_CONTEXT
+
+
+def current_strategy(model: nn.Module | None = None) -> Strategy:
+    """The strategy for this process and ``model``.
+
+    In an initialized process group (under ``torchrun``): :class:`FSDPStrategy` for a model that
+    :func:`shard_model` (or ``fully_shard``) sharded, else :class:`DDPStrategy`. Without a group:
+    :class:`SingleDeviceStrategy`.
+    """
+    if not is_distributed():
+        return SingleDeviceStrategy()
+    return FSDPStrategy() if isinstance(model, FSDPModule) else DDPStrategy()

@@ -668,7 +668,7 @@ def fit(
     target = _target_device(model, device)
     autocast = _autocast_dtype(precision, target)
     scaler = torch.amp.GradScaler(target.type) if autocast == torch.float16 else None
-    strategy = current_strategy()
+    strategy = current_strategy(model)
     strategy.setup(train_loader, batches, target)  # under DDP every rank learns here why another cannot train
 
     state = FitState(

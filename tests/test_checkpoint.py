@@ -700,3 +700,43 @@ def test_a_state_that_cannot_even_be_pickled_without_a_message_is_named_by_its_e
     from companion.checkpoint import _load_error
 
     assert _load_error({"state": Unpicklable()}) == "RuntimeError"
+
+
+def test_a_model_sharded_across_ranks_is_refused_by_checkpoints_before_training(tmp_path):
+    """FSDP2's shards (DTensors) in a one-file checkpoint would hold rank 0's shard only: refused, saying
+    what to use instead, by save_checkpoint, by Checkpoint before the first step, and by a resume."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    plain = make_model(dropout=0.0)
+    X, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    save_checkpoint(tmp_path / "plain.pt", model=plain)  # a whole model: saved as always
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = make_model(dropout=0.0)
+        fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+        before = [p.detach().full_tensor().clone() for p in model.parameters()]
+        message = r"sharded across ranks \(\d+ DTensor shards.*torch\.distributed\.checkpoint"
+        with pytest.raises(CheckpointError, match=message):
+            save_checkpoint(tmp_path / "a.pt", model=model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        data = torch.utils.data.TensorDataset(X, y)
+        sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, seed=0)
+        loader = torch.utils.data.DataLoader(data, batch_size=8, sampler=sampler)
+        with pytest.raises(CheckpointError, match=message):
+            fit(
+                model,
+                loader,
+                nn.CrossEntropyLoss(),
+                opt,
+                1,
+                callbacks=[Checkpoint(tmp_path / "b.pt")],
+                progress=False,
+            )
+        assert all(torch.equal(a, p.detach().full_tensor()) for a, p in zip(before, model.parameters()))
+        assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
+        with pytest.raises(CheckpointError, match=message):
+            read_checkpoint(tmp_path / "plain.pt").check(model=model)
+    finally:
+        dist.destroy_process_group()

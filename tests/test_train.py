@@ -1351,7 +1351,7 @@ class RepeatsTwo(SingleDeviceStrategy):
 def test_evaluate_counts_once_the_samples_a_sampler_repeats_at_the_end(monkeypatch):
     model = make_model(dropout=0.0)
     X, y = classification_data(10)
-    monkeypatch.setattr(train_module, "current_strategy", RepeatsTwo)
+    monkeypatch.setattr(train_module, "current_strategy", lambda model=None: RepeatsTwo())
     with torch.no_grad():
         logits = model(X)
     for n, batch_size in ((10, 4), (10, 6), (9, 4), (8, 4)):  # last batches: 2 + 2, 4 + 2, 1 + 2, 0 + 2
@@ -1465,7 +1465,7 @@ def test_the_output_is_checked_on_the_first_batch_of_a_fit_only(monkeypatch):
 def test_fit_trains_on_the_samples_a_sampler_repeats_but_counts_them_once(monkeypatch, each_step):
     model = make_model(dropout=0.0)
     X, y = classification_data(10)
-    monkeypatch.setattr(train_module, "current_strategy", RepeatsTwo)
+    monkeypatch.setattr(train_module, "current_strategy", lambda model=None: RepeatsTwo())
     monkeypatch.setattr(train_module, "_checks_each_step", lambda device: each_step)
     with torch.no_grad():
         logits = model(X)
