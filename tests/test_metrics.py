@@ -139,3 +139,24 @@ def test_a_user_metric_pair_with_a_vector_names_the_metric(position):
     meter = EpochMeter(nn.MSELoss(), {"pair": lambda o, t: tuple(pair)})
     with pytest.raises(TypeError, match=r"^metric 'pair' must return a scalar tensor.*got \(4,\)$"):
         meter.update(torch.tensor(0.0), torch.zeros(4), torch.ones(4))
+
+
+def test_two_class_scores_are_classification_and_get_an_accuracy():
+    assert is_classification(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    meter = EpochMeter(nn.CrossEntropyLoss())
+    meter.update(0.5, torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]]), torch.tensor([0, 1, 1]))
+    assert meter.compute()["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_a_loss_that_is_not_a_known_class_loss_is_weighted_by_batch_size_even_with_ignored_labels():
+    """Only a loss known to leave ignored labels out (CrossEntropyLoss, NLLLoss) is weighted by counted labels."""
+    meter = EpochMeter(lambda output, target: F.cross_entropy(output, target))
+    meter.update(1.0, torch.zeros(2, 3), torch.tensor([0, -100]))  # one label counted, two samples
+    meter.update(4.0, torch.zeros(2, 3), torch.tensor([1, 2]))
+    assert meter.compute()["loss"] == pytest.approx((1.0 * 2 + 4.0 * 2) / 4)
+
+
+def test_a_user_metric_that_counted_nothing_is_nan_not_an_error():
+    meter = EpochMeter(nn.MSELoss(), metrics={"hits": lambda o, t: (torch.tensor(0.0), torch.tensor(0.0))})
+    meter.update(0.5, torch.zeros(2, 1), torch.zeros(2, 1))
+    assert math.isnan(meter.compute()["hits"])

@@ -1556,3 +1556,37 @@ def test_a_parameter_without_a_gradient_in_a_later_step_is_not_moved_by_momentum
     after_one, after_two = trained(1), trained(2)
     assert not torch.equal(after_one, untrained)  # the first step moved it
     assert torch.equal(after_one, after_two)  # the second, without its gradient, did not
+
+
+def test_a_metric_named_loss_is_rejected_like_accuracy():
+    model, train, _, loss_fn, opt, _ = setup()
+    with pytest.raises(ValueError, match="other than 'loss' and 'accuracy'"):
+        fit(model, train, loss_fn, opt, 1, metrics={"loss": lambda o, t: o.sum()}, progress=False)
+
+
+def test_a_loss_function_returning_a_python_float_is_refused_as_not_a_scalar_tensor():
+    model, train, _, _, opt, _ = setup()
+    with pytest.raises(ValueError, match="scalar"):
+        fit(model, train, lambda o, t: 1.0, opt, 1, progress=False)
+
+
+def test_the_output_checks_see_through_functools_partial_and_name_the_problem():
+    with pytest.raises(ValueError, match="differ"):
+        check_output_fits(
+            torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 1.0]), functools.partial(F.mse_loss)
+        )
+    with pytest.raises(ValueError, match=r"targets\.long\(\)"):
+        check_output_fits(torch.randn(4, 3), torch.tensor([0.5, 1.2, 0.0, 2.0]), nn.CrossEntropyLoss())
+    with pytest.raises(ValueError, match="differ"):  # an element-wise loss: compared shape for shape
+        check_output_fits(torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 1.0]), nn.MSELoss())
+
+
+def test_a_model_without_parameters_is_evaluated_on_the_cpu():
+    loader = [(torch.ones(3, 2), torch.ones(3, 2))]
+    assert evaluate(nn.Flatten(), loader, nn.MSELoss())["loss"] == 0.0
+
+
+def test_fit_shows_a_progress_bar_unless_told_not_to(capsys):
+    model, train, _, loss_fn, opt, _ = setup()
+    fit(model, train, loss_fn, opt, 1)
+    assert "epoch 1/1" in capsys.readouterr().err
