@@ -145,6 +145,12 @@ class DDPStrategy(Strategy):
         return any_rank(flag)
 
 
+def fsdp_on_cpu_supported() -> bool:
+    """Whether this torch can run FSDP2 on the CPU: ``fully_shard`` records events on the device's streams,
+    which CPU streams can do in torch 2.14 and could not in 2.6 (``torch.cpu.Stream`` had no ``record_event``)."""
+    return hasattr(torch.cpu.Stream, "record_event")
+
+
 def shard_model(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     r"""``model`` sharded over the ranks with FSDP2 (``fully_shard``), in place; returns it. Build the optimizer after.
 
@@ -167,6 +173,12 @@ def shard_model(model: nn.Module, device: torch.device | str = "cpu") -> nn.Modu
         raise ValueError(
             "shard_model shards over the ranks of a process group, and none is initialized: launch with "
             "torchrun and call companion.distributed.setup() first (one process trains the model whole)"
+        )
+    if torch.device(device).type == "cpu" and not fsdp_on_cpu_supported():
+        raise RuntimeError(
+            f"FSDP2 cannot shard on the CPU with torch {torch.__version__}: its CPU streams have no "
+            "record_event, which fully_shard uses. Use a newer torch (2.14 works), shard on GPUs, or train "
+            "with DDP (companion.fit wraps a model that is not sharded in DDP)"
         )
     mesh = init_device_mesh(torch.device(device).type, (torch.distributed.get_world_size(),))
     for module in reversed(list(model.modules())):  # children before their parents
