@@ -54,6 +54,7 @@ __all__ = [
     "consume",
     "format_ratio",
     "format_seconds",
+    "goal_verdict",
     "loader_throughput",
     "measure",
     "median_interval",
@@ -243,6 +244,20 @@ def median_interval(values: Sequence[float], level: float = LEVEL) -> tuple[floa
     while _coverage(n, k + 1) >= level:
         k += 1
     return ordered[k - 1], ordered[n - k], _coverage(n, k)
+
+
+def goal_verdict(
+    low: float, high: float, goal: float, at_most: bool
+) -> Literal["met", "missed", "undecided"]:
+    """Whether an interval ``[low, high]`` for a ratio meets a goal: ``ratio <= goal`` when ``at_most``,
+    else ``ratio >= goal``. ``'met'`` when the whole interval does, ``'missed'`` when none of it does,
+    ``'undecided'`` when the goal lies inside it (more rounds, or a quieter machine, may tell)."""
+    if low > high:
+        raise ValueError(f"an interval runs from its low end to its high end; got low {low} > high {high}")
+    inside, outside = (high <= goal, low > goal) if at_most else (low >= goal, high < goal)
+    if inside:
+        return "met"
+    return "missed" if outside else "undecided"
 
 
 def format_ratio(ratio: float) -> str:
