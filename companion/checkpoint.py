@@ -39,6 +39,10 @@ distributed run's checkpoint loads into the plain model and back.
 Under DDP (chapter 10) the :class:`~companion.callbacks.Checkpoint` callback gathers every rank's
 random generators and rank 0 writes the file; ``world_size`` and ``rank_rng`` record them, and a
 resume restores each rank's own generators, so it must run on as many ranks as the run that saved it.
+A resume on another world size is refused unless asked for (``any_world_size=True``; ``fit``'s
+``resume_world_size="any"``): everything but the generators is restored, and each rank's generators are
+re-seeded from :func:`resume_seed`, so the run goes on, but with another data order and other random
+draws than an uninterrupted run.
 
 This module knows nothing of the training loop: :mod:`companion.callbacks` and :mod:`companion.train`
 call it.
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import hashlib
 import io
 import os
 import random
@@ -61,6 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from companion.checks import is_int
 from companion.distributed import rank, world_size
 from companion.history import History
 from companion.wrappers import plain_key, unwrap
@@ -74,6 +80,8 @@ __all__ = [
     "loader_generators",
     "plain_state_dict",
     "read_checkpoint",
+    "reseed",
+    "resume_seed",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -235,6 +243,36 @@ def set_rng_state(state: Mapping[str, Any], train_loader: Any = None) -> None:
     if train_loader is not None:
         for g, saved in zip(loader_generators(train_loader), state["loader"]):
             g.set_state(saved)
+
+
+def resume_seed(saved_rng: Mapping[str, Any], rank: int) -> int:
+    r"""The seed of rank ``rank`` in a run resumed on another world size than the one that saved it.
+
+    Each rank's saved generators cannot be handed on (two ranks' states to one process, or one state to
+    two processes), so every generator is re-seeded from what was saved, deterministically:
+
+    .. math:: s_r = \mathrm{int}_{32}\big(\mathrm{SHA256}(\text{rank 0's saved torch generator state}
+              \,\|\, r)\big),
+
+    the first four bytes of the digest, little-endian. The same checkpoint gives every rank the same
+    seed on every resume, and different ranks different seeds (so their dropout masks differ).
+    ``saved_rng``: rank 0's :func:`rng_state` (a one-process run's ``rng``).
+    """
+    if not is_int(rank) or rank < 0:
+        raise ValueError(f"rank must be a non-negative int (this process's rank), got {rank!r}")
+    state = saved_rng["torch"].contiguous().view(torch.uint8).numpy().tobytes()
+    digest = hashlib.sha256(state + int(rank).to_bytes(8, "little")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def reseed(seed: int, train_loader: Any = None) -> None:
+    """Seed Python's ``random``, NumPy's and PyTorch's generators (CPU and every GPU) with ``seed``, and
+    every generator of ``train_loader`` (its shuffle) too."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    for g in loader_generators(train_loader):
+        g.manual_seed(seed)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -460,12 +498,15 @@ class SavedCheckpoint:
         callbacks: Sequence[Any] | None = None,
         restore_rng: bool = True,
         fit_settings: Mapping[str, Any] | None = None,
+        any_world_size: bool = False,
     ) -> None:
         """Raise :class:`CheckpointError` (naming the file and the mismatch) unless everything given fits.
 
         Changes nothing. ``callbacks=None`` leaves callbacks out (loading weights only); a list must
         have callbacks with state of the same classes, in the same order, as the run that saved it.
         ``fit_settings`` (a resumed fit's) must equal those the checkpoint recorded, if it recorded any.
+        ``restore_rng=True`` needs as many processes as the saved run, unless ``any_world_size=True``
+        (see :meth:`restore`).
         """
         s = self._state
         check_not_sharded(model)
@@ -510,15 +551,19 @@ class SavedCheckpoint:
                     f"it holds the state of the callbacks {saved} but the callbacks with state given are "
                     f"{given}: resume with the same callbacks as the run that saved it"
                 )
-        if restore_rng:
-            saved_ranks, ranks = s.get("world_size", 1), world_size()
-            if saved_ranks != ranks:
+        if restore_rng and not self.same_world_size():
+            if not any_world_size:
+                saved_ranks, ranks = s.get("world_size", 1), world_size()
                 raise self._refuse(
                     f"it was saved by a run on {saved_ranks} process(es) and this one has {ranks}: each rank "
                     "resumes its own random generators and its own shard of the data, so resume on as many "
                     f"(torchrun --nproc_per_node={saved_ranks} in all), or load the weights alone "
-                    "(load_checkpoint(..., restore_rng=False)) and fit the remaining epochs"
+                    "(load_checkpoint(..., restore_rng=False)) and fit the remaining epochs, or go on here with "
+                    'fit(..., resume_from=path, resume_world_size="any") (load_checkpoint(..., '
+                    "any_world_size=True)), which restores everything but re-seeds each rank's random "
+                    "generators, so the data order and random draws differ from an uninterrupted run"
                 )
+        elif restore_rng:
             problem = _rng_mismatch(_own_rng(s), train_loader)
             if problem:
                 raise self._refuse(problem)
@@ -543,12 +588,21 @@ class SavedCheckpoint:
         train_loader: Iterable | None = None,
         callbacks: Sequence[Any] | None = None,
         restore_rng: bool = True,
+        any_world_size: bool = False,
     ) -> None:
         """:meth:`check` everything, then load it: the model, then each of the others that is given.
 
         With ``restore_rng=True`` every random number generator is set back to where it was when the
         checkpoint was written (the loader's when ``train_loader`` is given), which a bit-for-bit
         resume needs; pass ``False`` to load weights without touching the global generators.
+
+        ``any_world_size=True`` lets a run of another world size resume (two ranks' checkpoint in one
+        process, or one process's on two ranks): the weights, the optimizer, scheduler and scaler,
+        and the callbacks are restored as usual, but the saved generators belong to other ranks, so
+        each rank's (Python's, NumPy's, PyTorch's and ``train_loader``'s) is re-seeded with
+        :func:`resume_seed` instead. The data is then dealt out to other ranks in other batches and
+        dropout draws other masks: the run goes on, but does not end with the uninterrupted run's
+        weights. On the same world size the flag changes nothing: the resume is exact.
         """
         kwargs = dict(
             model=model,
@@ -558,6 +612,7 @@ class SavedCheckpoint:
             train_loader=train_loader,
             callbacks=callbacks,
             restore_rng=restore_rng,
+            any_world_size=any_world_size,
         )
         self.check(**kwargs)
         s = self._state
@@ -568,8 +623,15 @@ class SavedCheckpoint:
         if callbacks is not None:
             for c, saved in zip(_stateful(callbacks), s["callbacks"]):
                 c.load_state_dict(copy.deepcopy(saved["state"]))
-        if restore_rng:
+        if restore_rng and self.same_world_size():
             set_rng_state(_own_rng(s), train_loader)
+        elif restore_rng:
+            first = s["rank_rng"][0] if s.get("rank_rng") else s["rng"]
+            reseed(resume_seed(first, rank()), train_loader)
+
+    def same_world_size(self) -> bool:
+        """Whether this process's group has as many ranks as the run that saved the checkpoint."""
+        return self._state.get("world_size", 1) == world_size()
 
 
 def _settings_mismatch(saved: Mapping[str, Any], given: Mapping[str, Any]) -> str | None:
@@ -633,6 +695,7 @@ def load_checkpoint(
     train_loader: Iterable | None = None,
     callbacks: Sequence[Any] | None = None,
     restore_rng: bool = True,
+    any_world_size: bool = False,
 ) -> tuple[int, History]:
     """Load a checkpoint into ``model`` (and whichever of the others are given); return ``(epoch, history)``.
 
@@ -640,6 +703,8 @@ def load_checkpoint(
     ``callbacks``: the callbacks of the run being resumed; ``None`` (the default) leaves them out,
     e.g. to load weights only. ``restore_rng=False`` leaves every random generator alone (for
     inference); ``True`` restores the global ones, and ``train_loader``'s when it is given.
+    ``any_world_size=True``: a checkpoint of another world size loads too, its generators re-seeded
+    (:meth:`SavedCheckpoint.restore`).
     """
     saved = read_checkpoint(path)
     saved.restore(
@@ -650,5 +715,6 @@ def load_checkpoint(
         train_loader=train_loader,
         callbacks=callbacks,
         restore_rng=restore_rng,
+        any_world_size=any_world_size,
     )
     return saved.epoch, saved.history

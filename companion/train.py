@@ -299,6 +299,16 @@ def _check_class_labels(output: torch.Tensor, target: torch.Tensor, ignore_index
 # --- argument checks ---------------------------------------------------------------------------------
 
 
+def _check_resume_world_size(value: Any) -> bool:
+    """``resume_world_size`` as a flag: whether a checkpoint of another world size may resume."""
+    if value not in ("same", "any"):
+        raise ValueError(
+            f"resume_world_size must be 'same' (refuse a checkpoint of another number of processes) or "
+            f"'any' (resume it, re-seeding each rank's random generators), got {value!r}"
+        )
+    return value == "any"
+
+
 def _check_epochs(epochs: Any) -> int:
     if not is_int(epochs):
         raise TypeError(
@@ -567,6 +577,7 @@ def fit(
     precision: str = "32",
     progress: bool = True,
     resume_from: str | os.PathLike | None = None,
+    resume_world_size: Literal["same", "any"] = "same",
     check_output: bool = True,
 ) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader``; return the per-epoch :class:`History`.
@@ -615,6 +626,16 @@ def fit(
             an uninterrupted one (bit for bit on a CPU; a loader with ``persistent_workers=True``
             cannot promise that and is refused). A run that had finished, or that a callback stopped,
             trains no further. Build everything as for the first run, then resume.
+        resume_world_size: ``"same"`` (the default): a checkpoint written by a run on another number
+            of processes is refused, since each rank's random generators and shard of the data cannot
+            be handed on. ``"any"``: resume anyway (a 2-rank run's checkpoint in one process, or the
+            reverse): the weights, optimizer, scheduler, epoch, history and callbacks' state are
+            restored, but every rank's generators are re-seeded from the checkpoint
+            (:func:`companion.checkpoint.resume_seed`: SHA-256 of rank 0's saved torch generator
+            state and the new rank), so the run goes on deterministically but with another data order
+            and other random draws, and does not end with the uninterrupted run's weights. Keep the
+            global batch (``world_size`` times the per-rank batch) as it was, or a per-step
+            scheduler's steps per epoch change. On the same world size ``"any"`` changes nothing.
         check_output: ``False`` skips :func:`check_output_fits` on the first batch (of training and
             of each validation), for a set-up it refuses although the loss accepts it. Losses it does
             not know are never checked.
@@ -654,6 +675,7 @@ def fit(
             targets (see :func:`check_output_fits`), each with what to pass instead.
     """
     epochs = _check_epochs(epochs)
+    any_world_size = _check_resume_world_size(resume_world_size)
     batches = _check_loader(train_loader, "train_loader")
     if val_loader is not None:
         _check_loader(val_loader, "val_loader")
@@ -685,7 +707,7 @@ def fit(
         gradient_clip_val=clip,
         precision=PRECISION_NAMES[autocast],
     )
-    saved = _read_resume(resume_from, state)  # checked before anything changes
+    saved = _read_resume(resume_from, state, any_world_size)  # checked before anything changes
     _resolve_device(model, device)
     loop = _Loop(
         state=state,
@@ -701,6 +723,7 @@ def fit(
         precision=precision,
         scheduler_interval=interval,
         check_output=check_output,
+        any_world_size=any_world_size,
         check_each_step=_checks_each_step(target),
         move=target != torch.device("cpu"),  # a batch on the CPU needs no .to() when training there
         hooks=_Hooks.of(callbacks),
@@ -768,6 +791,7 @@ class _Loop:
     precision: str  # as the caller named it, for evaluate
     scheduler_interval: str | None  # "step", "epoch" or None (no scheduler)
     check_output: bool
+    any_world_size: bool  # a checkpoint of another world size resumes, its generators re-seeded
     check_each_step: bool  # read each loss as it comes (a CPU), or once per epoch (an accelerator)
     move: bool  # batches go to another device
     hooks: _Hooks
@@ -775,7 +799,9 @@ class _Loop:
     checked: bool = False  # the first batch's output and loss have been checked
 
 
-def _read_resume(path: str | os.PathLike | None, state: FitState) -> SavedCheckpoint | None:
+def _read_resume(
+    path: str | os.PathLike | None, state: FitState, any_world_size: bool
+) -> SavedCheckpoint | None:
     """The checkpoint to resume from, checked against everything it would be loaded into (nothing changes)."""
     if path is None:
         return None
@@ -785,7 +811,9 @@ def _read_resume(path: str | os.PathLike | None, state: FitState) -> SavedCheckp
             f"the checkpoint {saved.path} holds {saved.epoch} epochs, more than epochs={state.epochs}: pass "
             f"epochs={saved.epoch} or more (the total, not the epochs still to run)"
         )
-    saved.check(**_restored_by_resume(state), fit_settings=state.fit_settings())
+    saved.check(
+        **_restored_by_resume(state), fit_settings=state.fit_settings(), any_world_size=any_world_size
+    )
     state.history, state.epoch = saved.history, saved.epoch
     return saved
 
@@ -807,7 +835,7 @@ def _fit_epochs(loop: _Loop, saved: SavedCheckpoint | None, progress: bool) -> N
     for hook in loop.hooks.fit_start:
         hook(state)
     if saved is not None:
-        saved.restore(**_restored_by_resume(state))
+        saved.restore(**_restored_by_resume(state), any_world_size=loop.any_world_size)
         state.global_step, state.should_stop = saved.global_step, saved.stopped
     loop.net = loop.strategy.wrap_model(state.model, state.device)
     if progress and loop.strategy.is_global_zero:

@@ -534,7 +534,10 @@ def test_a_checkpoint_of_another_number_of_processes_is_refused_unless_only_the_
     message = (
         r"it was saved by a run on 2 process\(es\) and this one has 1: each rank resumes its own random "
         r"generators and its own shard of the data, so resume on as many \(torchrun --nproc_per_node=2 in all\), "
-        r"or load the weights alone \(load_checkpoint\(..., restore_rng=False\)\) and fit the remaining epochs$"
+        r"or load the weights alone \(load_checkpoint\(..., restore_rng=False\)\) and fit the remaining epochs, "
+        r'or go on here with fit\(..., resume_from=path, resume_world_size="any"\) \(load_checkpoint\(..., '
+        r"any_world_size=True\)\), which restores everything but re-seeds each rank's random generators, so the "
+        r"data order and random draws differ from an uninterrupted run$"
     )
     with pytest.raises(CheckpointError, match=message):
         saved.check(model=model)
