@@ -16,9 +16,15 @@ decay, the learning-rate schedule, the augmentation, the loss. This module holds
   :func:`choose_recipe`, the rule that picks the final recipe from the k-fold rows alone;
 - :func:`ablation_report` and :func:`format_report`: every recipe against the baseline with a paired
   bootstrap interval, McNemar's test and a verdict (:mod:`companion.significance`), the choice, and the
-  test split, read once, for the baseline and the chosen recipe.
+  test split, read once, for the baseline and the chosen recipe;
+- recipes that average weights (EMA, SWA: :mod:`companion.callbacks`), mix samples (MixUp, CutMix:
+  :mod:`companion.mixing`), predict with test-time augmentation or as an ensemble of seeds
+  (:mod:`companion.ensembles`);
+- :data:`SEARCH_SPACE`, :func:`search_settings`, :func:`rank_trials`, :func:`search_report` and
+  :func:`format_search_report`: the quasi-random search of ``scripts/search.py`` and how to read it.
 
-``scripts/ablation.py`` runs the ablation and saves every run, predictions included, for chapter 8.
+``scripts/ablation.py`` runs the ablation and saves every run, predictions included, for chapter 8;
+``scripts/search.py`` runs the search.
 """
 
 from __future__ import annotations
@@ -35,15 +41,23 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from companion.callbacks import EarlyStopping
+from companion.callbacks import (
+    EarlyStopping,
+    EMAWeightAveraging,
+    StochasticWeightAveraging,
+    WeightAveraging,
+)
 from companion.checks import check_module, is_int, is_number
 from companion.datasets import digits_splits
+from companion.ensembles import SHIFTS, ensemble_probabilities
+from companion.mixing import MixCollate
 from companion.seeding import seed_everything
 from companion.significance import mcnemar, paired_bootstrap
 from companion.train import evaluate, fit
 
 __all__ = [
     "BASELINE",
+    "SEARCH_SPACE",
     "GOAL_ACCURACY",
     "GOAL_CPU_SECONDS",
     "SCHEDULES",
@@ -59,22 +73,30 @@ __all__ = [
     "digits_data",
     "encode_labels",
     "format_report",
+    "format_search_report",
     "kfold_pool",
     "make_optimizer",
     "make_scheduler",
     "parameter_groups",
     "predict",
+    "rank_trials",
     "run_ablation",
+    "search_report",
+    "search_settings",
     "stratified_folds",
     "summarize",
     "train_fold",
     "train_on",
     "train_recipe",
+    "trial_score",
     "warmup_cosine",
 ]
 
 SCHEDULES = ("constant", "step", "warmup_cosine", "onecycle")
 OPTIMIZERS = ("adamw", "adam")
+AVERAGES = ("none", "ema", "swa")
+ENSEMBLE_SEED_STEP = 1000
+"""Member ``k`` of an ensemble recipe trains from ``seed + k * ENSEMBLE_SEED_STEP``."""
 
 
 # --- the network ---------------------------------------------------------------------------------------
@@ -267,6 +289,23 @@ class Recipe:
         label_smoothing: passed to ``nn.CrossEntropyLoss``.
         patience: early stopping on the validation loss after this many epochs without improvement,
             keeping the best epoch's weights; ``None``: train all epochs.
+        average: ``"none"``, or measure an average of the weights instead of the last ones: ``"ema"``
+            (:class:`~companion.callbacks.EMAWeightAveraging` with decay ``ema_decay``, updated after
+            every step) or ``"swa"`` (:class:`~companion.callbacks.StochasticWeightAveraging` of the
+            weights at the end of each of the last ``swa_epochs`` epochs). Either recomputes batch
+            norm's statistics for the averaged weights on the unaugmented, unmixed training images.
+        mixup_alpha, cutmix_alpha: mix the training batches with MixUp and/or CutMix
+            (:class:`~companion.mixing.MixCollate`, soft labels; with both, one of the two per batch);
+            ``None``: not that one.
+        tta: predict with test-time augmentation (:func:`companion.ensembles.tta_probabilities`, the
+            image and its four one-pixel shifts); validation and test figures are then those of the
+            averaged probabilities.
+        ensemble: train this many networks, from seeds ``seed``, ``seed + 1000``, ... and predict with
+            their mean probabilities (:func:`companion.ensembles.ensemble_probabilities`); the run's
+            ``seconds`` are all of their training, its ``history`` the first network's.
+
+    The fields after ``patience`` default to what the recipes did before they existed, so a recipe
+    saved without them (an older ablation file) reads back as the same recipe.
     """
 
     name: str = "baseline"
@@ -284,6 +323,13 @@ class Recipe:
     shift: int = 0
     label_smoothing: float = 0.0
     patience: int | None = None
+    average: str = "none"
+    ema_decay: float = 0.98
+    swa_epochs: int = 5
+    mixup_alpha: float | None = None
+    cutmix_alpha: float | None = None
+    tta: bool = False
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -313,6 +359,26 @@ class Recipe:
         if self.patience is not None and (not is_int(self.patience) or self.patience < 1):
             raise ValueError(
                 f"patience must be a positive int or None (no early stopping), got {self.patience!r}"
+            )
+        if self.average not in AVERAGES:
+            raise ValueError(f"average must be one of {', '.join(map(repr, AVERAGES))}, got {self.average!r}")
+        if not is_number(self.ema_decay) or not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}; pass e.g. 0.98")
+        last = self.epochs if self.average == "swa" else math.inf
+        if not is_int(self.swa_epochs) or not 1 <= self.swa_epochs <= last:
+            raise ValueError(
+                f"swa_epochs must be an int from 1 to epochs={self.epochs}, the last epochs averaged, "
+                f"got {self.swa_epochs!r}"
+            )
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            alpha = getattr(self, name)
+            if alpha is not None and (not is_number(alpha) or not alpha > 0):
+                raise ValueError(f"{name} must be a positive number or None (no mixing), got {alpha!r}")
+        if not isinstance(self.tta, bool):
+            raise TypeError(f"tta must be True or False, got {type(self.tta).__name__} {self.tta!r}")
+        if not is_int(self.ensemble) or self.ensemble < 1:
+            raise ValueError(
+                f"ensemble must be a positive int, the networks trained and averaged, got {self.ensemble!r}"
             )
 
     def but(self, name: str, **updates: Any) -> Recipe:
@@ -344,6 +410,12 @@ def ablation_recipes() -> list[Recipe]:
         b.but("no batch norm", batch_norm=False),
         b.but("no dropout", dropout=0.0),
         b.but("constant + early stop", schedule="constant", patience=3),
+        b.but("EMA of weights", average="ema"),
+        b.but("SWA, last 5 epochs", average="swa"),
+        b.but("MixUp", mixup_alpha=0.2),
+        b.but("CutMix", cutmix_alpha=1.0),
+        b.but("TTA (1-pixel shifts)", tta=True),
+        b.but("3-seed ensemble", ensemble=3),
     ]
 
 
@@ -412,6 +484,96 @@ def decode_labels(text: str) -> list[int]:
     return [int(ch) for ch in text]
 
 
+def _train_network(
+    recipe: Recipe,
+    seed: int,
+    train: tuple[torch.Tensor, torch.Tensor],
+    mean: float,
+    std: float,
+    val_loader: DataLoader,
+) -> tuple[nn.Module, list[dict[str, Any]], float, float]:
+    """One network of ``recipe`` trained from ``seed``: ``(model to measure, fit's history, seconds, cpu
+    seconds)``. The model to measure is the averaged one where the recipe averages weights (its batch-norm
+    statistics recomputed on the training images, unaugmented and unmixed), else the trained one."""
+    images, labels = train
+    seed_everything(seed)
+    model = digits_cnn(recipe.width, batch_norm=recipe.batch_norm, dropout=recipe.dropout)
+    augment = digit_augmentation(recipe.rotate, recipe.shift) if recipe.rotate or recipe.shift else None
+    train_set: Dataset = (
+        DigitImages(images, labels, mean, std, augment)
+        if augment is not None
+        else _normalized(images, labels, mean, std)  # the same tensors, built once, not image by image
+    )
+    mixing = None
+    if recipe.mixup_alpha is not None or recipe.cutmix_alpha is not None:
+        mixing = MixCollate(10, mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha)
+    shuffle = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(
+        train_set, batch_size=recipe.batch_size, shuffle=True, generator=shuffle, collate_fn=mixing
+    )
+    optimizer = make_optimizer(recipe, model)
+    scheduler, interval = make_scheduler(recipe, optimizer, len(train_loader))
+    # the same loss takes soft (mixed) targets: the cross-entropy against probabilities, soft_cross_entropy
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    callbacks: list[Any] = [EarlyStopping("val_loss", recipe.patience)] if recipe.patience else []
+    averaging: WeightAveraging | None = None
+    if recipe.average != "none":
+        plain_images = DataLoader(_normalized(images, labels, mean, std), batch_size=recipe.batch_size)
+        averaging = (
+            EMAWeightAveraging(recipe.ema_decay, bn_loader=plain_images)
+            if recipe.average == "ema"
+            else StochasticWeightAveraging(recipe.epochs - recipe.swa_epochs + 1, bn_loader=plain_images)
+        )
+        callbacks.append(averaging)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    history = fit(
+        model,
+        train_loader,
+        loss_fn,
+        optimizer,
+        recipe.epochs,
+        val_loader=val_loader,
+        scheduler=scheduler,
+        scheduler_interval=interval,
+        callbacks=callbacks,
+        device="cpu",
+        progress=False,
+    )
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    if averaging is not None and averaging.n_averaged > 0:  # early stopping may end before SWA's start
+        model = averaging.averaged_model
+    return model, list(history), seconds, cpu_seconds
+
+
+def _measure(recipe: Recipe, models: Sequence[nn.Module], loader: DataLoader) -> dict[str, Any]:
+    r"""``{"accuracy", "loss", "predictions"}`` of ``models`` on ``loader``'s images: the plain cross-entropy
+    whatever the training loss, the predictions encoded (:func:`encode_labels`).
+
+    One network without TTA: :func:`~companion.train.evaluate` and :func:`predict`, as before TTA and
+    ensembles existed. Otherwise the mean probabilities :math:`\bar p` of :mod:`companion.ensembles`
+    (each network's TTA mean with ``recipe.tta``), the loss :math:`-\frac1n \sum_i \log \bar p_{i, y_i}`."""
+    if len(models) == 1 and not recipe.tta:
+        scores = evaluate(models[0], loader, nn.CrossEntropyLoss())
+        return {
+            "accuracy": scores["accuracy"],
+            "loss": scores["loss"],
+            "predictions": encode_labels(predict(models[0], loader)),
+        }
+    shifts = SHIFTS if recipe.tta else None
+    probs, labels = [], []
+    for x, y in loader:
+        probs.append(ensemble_probabilities(models, x, shifts))
+        labels.append(y)
+    p, y = torch.cat(probs), torch.cat(labels)
+    predicted = p.argmax(dim=1)
+    loss = nn.functional.nll_loss(p.clamp_min(torch.finfo(p.dtype).tiny).log(), y)
+    return {
+        "accuracy": (predicted == y).double().mean().item(),
+        "loss": loss.item(),
+        "predictions": encode_labels(predicted),
+    }
+
+
 def train_on(
     recipe: Recipe,
     seed: int,
@@ -439,38 +601,16 @@ def train_on(
     images, labels = train
     pixels = images.float() / 255
     mean, std = pixels.mean().item(), pixels.std().item()
-    seed_everything(seed)
-    model = digits_cnn(recipe.width, batch_norm=recipe.batch_norm, dropout=recipe.dropout)
-    augment = digit_augmentation(recipe.rotate, recipe.shift) if recipe.rotate or recipe.shift else None
-    train_set: Dataset = (
-        DigitImages(images, labels, mean, std, augment)
-        if augment is not None
-        else _normalized(images, labels, mean, std)  # the same tensors, built once, not image by image
-    )
-    shuffle = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, generator=shuffle)
     val_loader = _loader(*val, mean, std)
-    optimizer = make_optimizer(recipe, model)
-    scheduler, interval = make_scheduler(recipe, optimizer, len(train_loader))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    callbacks = [EarlyStopping("val_loss", recipe.patience)] if recipe.patience else []
-    start, cpu_start = time.perf_counter(), time.process_time()
-    history = fit(
-        model,
-        train_loader,
-        loss_fn,
-        optimizer,
-        recipe.epochs,
-        val_loader=val_loader,
-        scheduler=scheduler,
-        scheduler_interval=interval,
-        callbacks=callbacks,
-        device="cpu",
-        progress=False,
-    )
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    plain = nn.CrossEntropyLoss()
-    val_scores = evaluate(model, val_loader, plain)
+    models, history, seconds, cpu_seconds = [], [], 0.0, 0.0
+    for member in range(recipe.ensemble):
+        model, rows, wall, cpu = _train_network(
+            recipe, seed + member * ENSEMBLE_SEED_STEP, (images, labels), mean, std, val_loader
+        )
+        models.append(model)
+        history = history or rows
+        seconds, cpu_seconds = seconds + wall, cpu_seconds + cpu
+    val_scores = _measure(recipe, models, val_loader)
     run: dict[str, Any] = {
         "recipe": recipe.name,
         "seed": seed,
@@ -479,14 +619,13 @@ def train_on(
         "cpu_seconds": cpu_seconds,
         "val_accuracy": val_scores["accuracy"],
         "val_loss": val_scores["loss"],
-        "val_predictions": encode_labels(predict(model, val_loader)),
+        "val_predictions": val_scores["predictions"],
     }
     if test is not None:
-        test_loader = _loader(*test, mean, std)
-        test_scores = evaluate(model, test_loader, plain)
+        test_scores = _measure(recipe, models, _loader(*test, mean, std))
         run["test_accuracy"] = test_scores["accuracy"]
         run["test_errors"] = round((1 - test_scores["accuracy"]) * len(test[1]))
-        run["test_predictions"] = encode_labels(predict(model, test_loader))
+        run["test_predictions"] = test_scores["predictions"]
     run["history"] = [{k: v for k, v in row.items() if k != "seconds"} for row in history]
     return run
 
@@ -678,12 +817,19 @@ GOAL_CPU_SECONDS = 20.0
 
 def _kfold_correct(results: Mapping[str, Any], recipe: str) -> list[list[int]]:
     """Seeds x pool images: 1 where ``recipe``'s k-fold run that held the image out predicted it right."""
+    return _correct_grid(results, results["design"]["seeds"], results["kfold_runs"], recipe)
+
+
+def _correct_grid(
+    results: Mapping[str, Any], seeds: Sequence[int], runs: Sequence[Mapping[str, Any]], recipe: str
+) -> list[list[int]]:
+    """:func:`_kfold_correct` for the ``seeds`` and ``runs`` given (the file's labels and folds)."""
     labels = decode_labels(results["labels"]["pool"])
     grid = []
-    for seed in results["design"]["seeds"]:
+    for seed in seeds:
         folds = [int(f) for f in results["folds"][str(seed)]]
         row: list[int | None] = [None] * len(labels)
-        for run in results["kfold_runs"]:
+        for run in runs:
             if run["recipe"] == recipe and run["seed"] == seed:
                 held_out = [i for i, f in enumerate(folds) if f == run["fold"]]
                 for i, p in zip(held_out, decode_labels(run["val_predictions"]), strict=True):
@@ -814,6 +960,11 @@ def _pp(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
+def _p(p: float) -> str:
+    """A p-value in at most 6 characters: two significant digits, or ``<.001``."""
+    return "<.001" if p < 0.001 else f"{p:.2g}"
+
+
 SHORT_VERDICTS = {"better": "better", "worse": "worse", "no significant difference": "n.s."}
 """How :func:`format_report`'s table spells each verdict, so that a row fits a page of 88 columns."""
 
@@ -849,11 +1000,11 @@ def format_report(report: Mapping[str, Any], part: str = "all") -> str:
             lines.append(f"{name:{w}s} {acc:>12s}")
             continue
         boot, pooled = row["bootstrap"], row["mcnemar"]
-        per_seed = " ".join(f"{c.p_value:.2g}" for c in row["mcnemar_per_seed"])
+        per_seed = " ".join(_p(c.p_value) for c in row["mcnemar_per_seed"])
         interval = f"[{_pp(boot.low)}, {_pp(boot.high)}]"
         lines.append(
             f"{name:{w}s} {acc:>12s} {_pp(row['difference']):>5s} {interval:>14s} "
-            f"{f'{pooled.a_only}/{pooled.b_only}':>5s} {pooled.p_value:6.2g} {per_seed:>11s} "
+            f"{f'{pooled.a_only}/{pooled.b_only}':>5s} {_p(pooled.p_value):>6s} {per_seed:>11s} "
             f"{SHORT_VERDICTS[row['verdict']]}"
         )
     lines += [
@@ -893,3 +1044,130 @@ def format_report(report: Mapping[str, Any], part: str = "all") -> str:
     )
     parts = {"validation": [validation], "test": [lines], "all": [validation, lines]}[part]
     return "\n\n".join("\n".join(line.rstrip() for line in p) for p in parts)
+
+
+# --- a quasi-random search (scripts/search.py) -------------------------------------------------------------
+
+SEARCH_SPACE: dict[str, dict[str, Any]] = {
+    "lr": {"low": 1e-3, "high": 3e-2, "scale": "log"},
+    "weight_decay": {"low": 1e-4, "high": 1e-1, "scale": "log"},
+    "label_smoothing": {"low": 0.0, "high": 0.2, "scale": "linear"},
+    "dropout": {"low": 0.0, "high": 0.5, "scale": "linear"},
+}
+"""The settings ``scripts/search.py`` searches, each over ``[low, high]`` on its scale."""
+
+
+def search_settings(
+    point: Sequence[float], space: Mapping[str, Mapping[str, Any]] = SEARCH_SPACE
+) -> dict[str, float]:
+    r"""The recipe settings at ``point``, a point :math:`u` of the unit cube (one coordinate per setting of
+    ``space``, in its order): on a ``"log"`` scale :math:`\text{low}\,(\text{high}/\text{low})^{u}`, on a
+    ``"linear"`` one :math:`\text{low} + (\text{high} - \text{low})\,u`; each rounded to 3 significant
+    digits, so that the file and the page show the values trained with."""
+    if len(point) != len(space):
+        raise ValueError(f"point must have one coordinate per setting ({len(space)}), got {len(point)}")
+    settings = {}
+    for u, (name, dim) in zip(point, space.items()):
+        if not is_number(u) or not 0 <= u <= 1:
+            raise ValueError(f"point's coordinates must lie in [0, 1], got {u!r} for {name}")
+        low, high = dim["low"], dim["high"]
+        value = low * (high / low) ** u if dim["scale"] == "log" else low + (high - low) * u
+        settings[name] = float(f"{value:.3g}")
+    return settings
+
+
+def trial_score(trial: Mapping[str, Any]) -> tuple[float, float]:
+    """``(accuracy, val_loss)`` of a search trial: its accuracy pooled over the held-out images of its runs
+    (:func:`summarize`), and the mean of their validation losses."""
+    (row,) = summarize(trial["runs"])
+    return row["val_accuracy"], row["val_loss"]
+
+
+def rank_trials(trials: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The trials best first: the higher pooled accuracy, then (a tie) the lower validation loss, then the
+    earlier trial."""
+    return sorted(trials, key=lambda t: (-trial_score(t)[0], trial_score(t)[1], t["trial"]))
+
+
+def search_report(
+    results: Mapping[str, Any], level: float = 0.05, resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """What ``scripts/search.py``'s file says: ``"trials"``, one row per trial, best first
+    (:func:`rank_trials`: ``trial``, ``settings``, ``accuracy``, ``val_loss``, ``max_cpu_seconds``);
+    ``"best"``, the trials re-run; ``"reruns"``, the baseline and each re-run trial on the repeats it never
+    saw (``accuracy`` pooled over them), each trial against the baseline on those seeds x images as in
+    :func:`ablation_report` (``difference``, ``bootstrap``, ``mcnemar``, ``verdict``); ``"adopt"``, the
+    re-run trials significantly better than the baseline (none: keep the baseline)."""
+    design = results["design"]
+    ranked = rank_trials(results["trials"])
+    trials = [
+        {
+            "trial": t["trial"],
+            "settings": t["settings"],
+            "accuracy": trial_score(t)[0],
+            "val_loss": trial_score(t)[1],
+            "max_cpu_seconds": max(r["cpu_seconds"] for r in t["runs"]),
+        }
+        for t in ranked
+    ]
+    best = [t["trial"] for t in ranked[: design["best"]]]
+    if best != list(results["best"]):
+        raise ValueError(f"the file re-ran trials {results['best']}, but its trials rank {best} best")
+    reruns, seeds = results["reruns"], design["rerun_seeds"]
+    base = _correct_grid(results, seeds, reruns, BASELINE.name)
+    rows = []
+    for name in [BASELINE.name] + [f"trial {t}" for t in best]:
+        (summary,) = summarize(r for r in reruns if r["recipe"] == name)
+        row: dict[str, Any] = {
+            "recipe": name,
+            "runs": summary["seeds"],
+            "accuracy": summary["val_accuracy"],
+            "max_cpu_seconds": summary["max_cpu_seconds"],
+        }
+        if name != BASELINE.name:
+            row.update(_against(_correct_grid(results, seeds, reruns, name), base, level, resamples, seed))
+            row["difference"] = row["bootstrap"].difference
+        rows.append(row)
+    return {
+        "design": dict(design),
+        "level": level,
+        "trials": trials,
+        "best": best,
+        "reruns": rows,
+        "adopt": [r["recipe"] for r in rows if r.get("verdict") == "better"],
+    }
+
+
+def format_search_report(report: Mapping[str, Any]) -> str:
+    """:func:`search_report` as text, every line at most 88 columns: the trials best first, then the
+    re-runs against the baseline."""
+    d = report["design"]
+    names = list(d["space"])
+    short = {"lr": "lr", "weight_decay": "decay", "label_smoothing": "smooth", "dropout": "dropout"}
+    lines = [
+        f"{d['trials']} trials, {d['sequence'].split('.draw')[0].split('.')[-1]}; each scored on folds "
+        f"{', '.join(map(str, d['score_folds']))} of repeat {d['score_seed']}",
+        f"{'trial':>5s} " + " ".join(f"{short.get(n, n)[:8]:>8s}" for n in names) + f" {'accuracy %':>10s} "
+        f"{'val loss':>8s}",
+    ]
+    for t in report["trials"]:
+        values = " ".join(f"{t['settings'][n]:8.3g}" for n in names)
+        lines.append(f"{t['trial']:5d} {values} {100 * t['accuracy']:10.2f} {t['val_loss']:8.4f}")
+    lines += [
+        "",
+        f"re-run on every fold of repeat(s) {', '.join(map(str, d['rerun_seeds']))}, unseen by the trials:",
+        f"{'recipe':10s} {'accuracy %':>10s} {'diff pp':>8s} {'95% interval':>16s} {'+/-':>7s} "
+        f"{'McNemar p':>9s} verdict",
+    ]
+    for row in report["reruns"]:
+        if "verdict" not in row:
+            lines.append(f"{row['recipe']:10s} {100 * row['accuracy']:10.2f}")
+            continue
+        boot, pooled = row["bootstrap"], row["mcnemar"]
+        lines.append(
+            f"{row['recipe']:10s} {100 * row['accuracy']:10.2f} {_pp(row['difference']):>8s} "
+            f"{f'[{_pp(boot.low)}, {_pp(boot.high)}]':>16s} {f'{pooled.a_only}/{pooled.b_only}':>7s} "
+            f"{_p(pooled.p_value):>9s} {SHORT_VERDICTS[row['verdict']]}"
+        )
+    lines.append(f"adopt: {', '.join(report['adopt']) or 'none; the baseline stays'}")
+    return "\n".join(line.rstrip() for line in lines)

@@ -61,7 +61,7 @@ def test_the_package_builds_with_warnings_as_errors(tmp_path, hook):
     assert list((tmp_path / "dist").iterdir()), "no file was built"
 
 
-def test_the_wheel_carries_the_license_and_the_ablation_results(tmp_path):
+def test_the_wheel_carries_the_license_and_the_ablation_and_search_results(tmp_path):
     result = build(tmp_path, "build_wheel")
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
@@ -69,5 +69,6 @@ def test_the_wheel_carries_the_license_and_the_ablation_results(tmp_path):
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "companion/ablation_results.json" in names  # chapter 8 reads it in Colab
+    assert "companion/search_results.json" in names  # and this one
     assert "companion/debugging/__init__.py" in names  # a subpackage: chapter 9 imports it
     assert "License-Expression: MIT" in metadata.splitlines()

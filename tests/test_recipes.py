@@ -242,12 +242,54 @@ def test_recipe_refuses_bad_fields_with_what_to_pass():
         BASELINE.but("x", lr_max=0.1)
 
 
+@pytest.mark.parametrize(
+    "fields_, error, message",
+    [
+        ({"average": "mean"}, ValueError, "average must be one of 'none', 'ema', 'swa'"),
+        ({"ema_decay": 1.0}, ValueError, r"ema_decay must be in \(0, 1\)"),
+        ({"average": "swa", "swa_epochs": 16}, ValueError, "swa_epochs must be an int from 1 to epochs=15"),
+        ({"swa_epochs": 0}, ValueError, "swa_epochs must be an int from 1"),
+        ({"mixup_alpha": 0.0}, ValueError, "mixup_alpha must be a positive number or None"),
+        ({"cutmix_alpha": -1.0}, ValueError, "cutmix_alpha must be a positive number or None"),
+        ({"tta": 1}, TypeError, "tta must be True or False"),
+        ({"ensemble": 0}, ValueError, "ensemble must be a positive int"),
+    ],
+)
+def test_recipe_refuses_bad_averaging_mixing_tta_and_ensemble_fields(fields_, error, message):
+    with pytest.raises(error, match=message):
+        Recipe(**fields_)
+
+
+OLD_FIELDS = (
+    "name width batch_norm dropout epochs batch_size lr optimizer weight_decay decay_all schedule rotate "
+    "shift label_smoothing patience"
+).split()
+
+
+def test_a_recipe_saved_before_the_new_fields_existed_reads_back_as_the_same_recipe():
+    old = {k: v for k, v in asdict(BASELINE).items() if k in OLD_FIELDS}  # how the file saved it before
+    assert Recipe(**old) == BASELINE
+    assert BASELINE.average == "none" and BASELINE.ensemble == 1 and not BASELINE.tta
+    assert BASELINE.mixup_alpha is None and BASELINE.cutmix_alpha is None
+    # a tiny recipe of one epoch is valid: swa_epochs is checked against the epochs only when SWA is on
+    assert Recipe("tiny", epochs=1).swa_epochs == 5
+
+
 def test_every_ablation_row_changes_one_thing_of_the_baseline():
     recipes = ablation_recipes()
     assert recipes[0] == BASELINE
     assert len({r.name for r in recipes}) == len(recipes)
     for recipe in recipes[1:]:
         assert 1 <= len(changes(recipe)) <= 2, recipe  # "constant + early stop" changes two fields
+    new = {r.name: changes(r) for r in recipes[11:]}
+    assert new == {
+        "EMA of weights": {"average": "ema"},
+        "SWA, last 5 epochs": {"average": "swa"},
+        "MixUp": {"mixup_alpha": 0.2},
+        "CutMix": {"cutmix_alpha": 1.0},
+        "TTA (1-pixel shifts)": {"tta": True},
+        "3-seed ensemble": {"ensemble": 3},
+    }
 
 
 def test_choose_recipe_combines_the_changes_that_beat_the_baseline_on_validation():
@@ -307,6 +349,54 @@ def test_train_recipe_is_repeatable_and_reports_what_it_measured(data):
     }
     with pytest.raises(TypeError, match="recipe must be a companion.recipes.Recipe"):
         train_recipe({"width": 4}, 0, data)
+
+
+def test_weight_averaging_changes_what_is_measured_but_not_how_the_network_trains(data):
+    tiny = Recipe("tiny", width=4, epochs=2, batch_size=256)
+    plain = train_recipe(tiny, 0, data)
+    for average in ("ema", "swa"):
+        averaged = train_recipe(tiny.but(average, average=average, ema_decay=0.5, swa_epochs=2), 0, data)
+        assert averaged["history"] == plain["history"]  # the same training, epoch by epoch
+        assert averaged["val_loss"] != plain["val_loss"]  # but another network measured: the average
+
+
+def test_a_mixing_recipe_trains_on_soft_labels_and_records_no_train_accuracy(data):
+    for fields_ in ({"mixup_alpha": 0.2}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}):
+        run = train_recipe(Recipe("tiny", width=4, epochs=1, batch_size=256, **fields_), 0, data)
+        assert "train_accuracy" not in run["history"][0] and 0 <= run["val_accuracy"] <= 1
+
+
+def test_an_ensemble_recipe_trains_a_network_per_seed_and_predicts_with_their_mean_probabilities(
+    data, monkeypatch
+):
+    from companion import recipes
+    from companion.ensembles import SHIFTS, ensemble_probabilities
+
+    seeds = []
+
+    def fake(recipe, seed, train, mean, std, val_loader):
+        seeds.append(seed)
+        torch.manual_seed(seed)
+        model = digits_cnn(4)
+        return model, [{"epoch": 1, "val_loss": 1.0}], 1.0, 0.5
+
+    monkeypatch.setattr(recipes, "_train_network", fake)
+    recipe = Recipe("ensemble", ensemble=3, tta=True)
+    run = train_recipe(recipe, 7, data)
+    assert seeds == [7, 1007, 2007] and run["cpu_seconds"] == 1.5 and run["seconds"] == 3.0
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(digits_cnn(4))
+    x, y = data["test"].tensors
+    probs = ensemble_probabilities(models, x, SHIFTS)
+    assert run["test_predictions"] == encode_labels(probs.argmax(1))
+    expected_loss = -probs[torch.arange(len(y)), y].log().mean().item()
+    assert run["test_accuracy"] == pytest.approx((probs.argmax(1) == y).double().mean().item())
+    x, y = data["val"].tensors
+    val_probs = ensemble_probabilities(models, x, SHIFTS)
+    assert run["val_loss"] == pytest.approx(-val_probs[torch.arange(len(y)), y].log().mean().item(), rel=1e-5)
+    assert expected_loss > 0
 
 
 def test_summarize_pools_the_validation_accuracy_of_folds_of_different_sizes():
@@ -482,8 +572,15 @@ def test_the_ablation_file_holds_its_design_and_chose_on_k_fold_validation_alone
     recipes = [Recipe(**r) for r in results["recipes"]]
     singles = [r for r in results["kfold_runs"] if r["recipe"] in names]
     assert choose_recipe(summarize(singles), recipes) == Recipe(**results["chosen"])
-    # the test split was read for the baseline and the chosen recipe only
-    assert {r["recipe"] for r in results["test_runs"]} <= {"baseline", results["chosen"]["name"]}
+    # the test split was read for the baseline and the recipes chosen, each read recorded with its date
+    reads, choices = design["test_reads"], design["choices"]
+    assert reads[-1]["chosen"] == choices[-1]["chosen"] == results["chosen"]["name"]
+    assert choices[-1]["candidates"] == len(names)  # the last choice was made from every recipe
+    assert choices[-1]["test_split_read"] == (reads[-1]["candidates"] == len(names))
+    assert all(read["date"] and read["chosen"] for read in reads)
+    assert {r["recipe"] for r in results["test_runs"]} <= {"baseline"} | {read["chosen"] for read in reads}
+    for name in {r["recipe"] for r in results["test_runs"]}:
+        assert sorted(r["seed"] for r in results["test_runs"] if r["recipe"] == name) == design["test_seeds"]
     assert (
         sorted(r["seed"] for r in results["test_runs"] if r["recipe"] == "baseline") == design["test_seeds"]
     )
@@ -499,6 +596,8 @@ def test_format_report_of_the_ablation_file_fits_a_page_of_88_columns(results):
     figures = lines[lines.index(chosen) + 1]
     assert figures.startswith(" " * 21) and figures.endswith("n.s.")
     assert "n.s.: no significant difference at level 0.05" in lines
+    cutmix = next(line for line in lines if line.startswith("CutMix "))
+    assert cutmix.endswith("worse") and "<.001" in cutmix  # p = 3.6e-05 kept to the column's width
 
 
 def test_one_seed_of_the_chosen_recipe_reproduces_the_ablation_file(data, results):
