@@ -13,7 +13,7 @@ weights after every epoch, the history, and the wall-clock and CPU seconds ``fit
 code trains in one process. ``--strategy fsdp`` shards the model over the ranks with FSDP2
 (:func:`companion.strategy.shard_model`) instead of replicating it; rank 0 then writes no ``last.pt``
 (:class:`~companion.callbacks.Checkpoint` would save rank 0's shard only: sharded runs save with
-``torch.distributed.checkpoint``).
+``torch.distributed.checkpoint``, as :mod:`companion.fsdp_demo` does).
 
 The model is a small MLP with neither dropout nor batch normalization, so that the run is the same
 computation as one process's on the global batch. Batch normalization would normalize each rank's local
@@ -29,7 +29,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,14 +125,16 @@ def _whole(tensor: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Run:
-    """What :func:`train` returns: the model, its history, the weights after each epoch, and the seconds
-    ``fit`` took: wall-clock (``seconds``) and this process's CPU time, all its threads (``cpu_seconds``)."""
+    """What :func:`train` returns: the model, its history, the weights after each epoch, the seconds
+    ``fit`` took: wall-clock (``seconds``) and this process's CPU time, all its threads (``cpu_seconds``),
+    and the optimizer (what a distributed checkpoint saves with the model)."""
 
     model: nn.Module
     history: History
     weights: list[dict[str, torch.Tensor]]
     seconds: float
     cpu_seconds: float = math.nan
+    optimizer: torch.optim.Optimizer | None = None
 
 
 def train(
@@ -145,25 +147,37 @@ def train(
     out: str | Path | None = None,
     device: torch.device | str = "cpu",
     sharded: bool = False,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Run:
     """Train :func:`make_model` on the digits with SGD (momentum 0.9) and :func:`companion.fit`.
 
     Every rank (or the one process) starts from the weights ``seed`` draws. ``out``: a folder where
     rank 0 writes ``history.csv`` and the checkpoint ``last.pt``. ``sharded``: under ``torchrun``, shard
     the model with FSDP2 before building the optimizer (``fit`` then trains with
-    :class:`~companion.strategy.FSDPStrategy`); rank 0 writes ``history.csv`` only.
+    :class:`~companion.strategy.FSDPStrategy`); rank 0 writes ``history.csv`` only. ``wrap``: a
+    function that wraps the new model before the optimizer is built, e.g. in a
+    ``DistributedDataParallel`` of other buckets or with a communication hook (``fit`` takes a model
+    already in DDP as it is). ``callbacks``: more callbacks for ``fit``, after the weights' snapshots.
     """
+    if sharded and wrap is not None:
+        raise ValueError(
+            "pass sharded=True (FSDP2 shards the model) or a wrap function (e.g. DistributedDataParallel), "
+            "not both: a model is either sharded or replicated"
+        )
     train_set, val_set = digits_datasets()
     seed_everything(seed)
     model = make_model()
     if sharded:
         model = shard_model(model, device)  # before the optimizer: it must hold the shards
+    elif wrap is not None:
+        model = wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     snapshots = WeightsEachEpoch()
-    callbacks: list[Callback] = [snapshots]
+    given: list[Callback] = [snapshots, *callbacks]
     if out is not None:
-        callbacks += [CSVLogger(Path(out) / "history.csv")]
-        callbacks += [] if sharded else [Checkpoint(Path(out) / "last.pt")]
+        given += [CSVLogger(Path(out) / "history.csv")]
+        given += [] if sharded else [Checkpoint(Path(out) / "last.pt")]
     loader = train_loader(train_set, global_batch, seed, replicas)
     started, cpu_started = time.perf_counter(), time.process_time()
     history = fit(
@@ -174,11 +188,11 @@ def train(
         epochs,
         val_loader=val_loader(val_set),
         device=device,
-        callbacks=callbacks,
+        callbacks=given,
         progress=False,
     )
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    return Run(model, history, snapshots.weights, seconds, cpu_seconds)
+    return Run(model, history, snapshots.weights, seconds, cpu_seconds, optimizer)
 
 
 def _say(text: str) -> None:
