@@ -38,7 +38,7 @@ from torch import nn
 
 from companion.checks import is_int
 
-__all__ = ["SHIFTS", "ensemble_probabilities", "shift_images", "tta_logits", "tta_probabilities"]
+__all__ = ["SHIFTS", "ensemble_probabilities", "shift_images", "tta_probabilities"]
 
 SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 """The default copies for TTA: the image itself and the image moved one pixel up, down, left and right,
@@ -123,10 +123,6 @@ def tta_probabilities(
     images = _check_images(images)
     checked = _check_shifts(shifts, images.shape[-2], images.shape[-1])
     return _probabilities(model, [shift_images(images, dy, dx) for dy, dx in checked])
-
-
-tta_logits = tta_probabilities
-"""The same function under the name first planned for it; it returns *probabilities*, not logits."""
 
 
 def ensemble_probabilities(
