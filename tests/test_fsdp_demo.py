@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.autograd.profiler_util import FunctionEvent
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from companion import ddp_demo, fsdp_demo
@@ -54,6 +55,10 @@ def group():
         dist.destroy_process_group()
 
 
+RECORDS_DTYPES = hasattr(FunctionEvent, "input_dtypes")
+
+
+@pytest.mark.skipif(not RECORDS_DTYPES, reason=f"torch {torch.__version__}'s profiler records no dtypes")
 def test_traffic_of_records_every_all_reduce_with_its_dtype_and_elements_in_order(group):
     def step():
         dist.all_reduce(torch.ones(7))
@@ -64,6 +69,12 @@ def test_traffic_of_records_every_all_reduce_with_its_dtype_and_elements_in_orde
     assert traffic == [("float32", 7), ("bfloat16", 6)]
     assert fsdp_demo.bytes_of(traffic) == 7 * 4 + 6 * 2
     assert fsdp_demo.traffic_of(lambda: torch.ones(3).sum()) == []
+
+
+@pytest.mark.skipif(RECORDS_DTYPES, reason="this torch's profiler records the dtypes")
+def test_traffic_of_says_when_the_profiler_records_no_dtypes(group):
+    with pytest.raises(RuntimeError, match=r"does not record \(FunctionEvent has no input_dtypes\).*hook"):
+        fsdp_demo.traffic_of(lambda: dist.all_reduce(torch.ones(3)))
 
 
 def test_ddp_demo_train_wraps_the_model_before_the_optimizer_and_runs_more_callbacks():
