@@ -40,7 +40,6 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.autograd.profiler_util import FunctionEvent
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook, bf16_compress_hook
 from torch.distributed.checkpoint.state_dict import get_state_dict
 from torch.nn.parallel import DistributedDataParallel
@@ -100,16 +99,16 @@ def traffic_of(step: Callable[[], Any]) -> list[tuple[str, int]]:
     by its name in ``torch`` (``"float32"``, ``"bfloat16"``)."""
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step()
-    if not hasattr(FunctionEvent, "input_dtypes"):  # torch 2.6 records shapes, not dtypes
+    events = [event for event in prof.events() if event.name.endswith(":all_reduce")]
+    if not all(hasattr(event, "input_dtypes") for event in events):  # torch 2.6 records shapes, not dtypes
         raise RuntimeError(
             f"traffic_of reads each collective's dtype from torch.profiler, which this torch ({torch.__version__}) "
-            "does not record (FunctionEvent has no input_dtypes); count the bucket sizes with a "
+            "does not record (its events have no input_dtypes); count the bucket sizes with a "
             "communication hook instead, or use a newer torch (2.14 records them)"
         )
     return [
         (DTYPES.get(event.input_dtypes[0], event.input_dtypes[0]), math.prod(event.input_shapes[0]))
-        for event in prof.events()
-        if event.name.endswith(":all_reduce")
+        for event in events
     ]
 
 
