@@ -208,6 +208,16 @@ def test_batch_sizes_refuses_what_it_cannot_count():
 # an in-place change that autograd refuses
 
 
+def test_read_inplace_error_names_the_operation_as_older_torch_words_it_too():
+    # torch 2.6 names the backward node ("SigmoidBackward0") where torch 2.14 names the operation
+    older = RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an inplace operation: "
+        "[torch.FloatTensor [4, 3]], which is output 0 of SigmoidBackward0, is at version 1; expected "
+        "version 0 instead."
+    )
+    assert read_inplace_error(older).producer == "Sigmoid"
+
+
 def test_read_inplace_error_names_the_producer_the_shape_and_the_versions():
     x = torch.randn(4, 3, requires_grad=True)
     h = torch.sigmoid(x)

@@ -280,7 +280,7 @@ def read_inplace_error(error: BaseException) -> InplaceError | None:
         return None
     return InplaceError(
         tensor=match["tensor"],
-        producer=match["producer"],
+        producer=re.sub(r"Backward\d*$", "", match["producer"]),  # torch 2.6 names SigmoidBackward0
         version=int(match["version"]),
         expected=int(match["expected"]),
     )
