@@ -66,16 +66,6 @@ def unused_parameter_error() -> str | None:
     return None
 
 
-@pytest.fixture
-def group():
-    """A gloo process group of one rank."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 # --- one rank, in this process ---------------------------------------------------------------------------
 
 

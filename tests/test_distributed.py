@@ -139,16 +139,6 @@ def test_setup_outside_torchrun_joins_no_group_and_returns_the_device(monkeypatc
 # --- fit in a process group of one rank ------------------------------------------------------------------
 
 
-@pytest.fixture
-def group():
-    """A gloo process group of one rank: every check and collective of fit's DDP path runs."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def _sharded(n=32, batch_size=8, seed=0, **kwargs):
     X, y = classification_data(n)
     dataset = TensorDataset(X, y)

@@ -47,16 +47,6 @@ FULL = StateDictOptions(full_state_dict=True)  # whole tensors on every rank (cp
 # --- in this process ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def group():
-    """A gloo process group of one rank."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.skipif(
     not fsdp_on_cpu_supported(), reason=f"FSDP2 cannot run on the CPU with torch {torch.__version__}"
 )

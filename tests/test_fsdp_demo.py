@@ -44,16 +44,6 @@ def test_bytes_of_counts_each_all_reduce_at_the_size_of_its_dtype():
             fsdp_demo.bytes_of([(wrong, 1)])
 
 
-@pytest.fixture
-def group():
-    """A gloo process group of one rank."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def _profiler_records_dtypes() -> bool:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         torch.ones(2).sum()

@@ -14,16 +14,6 @@ from companion.metrics import EpochMeter
 from companion.strategy import DDPStrategy, SingleDeviceStrategy, current_strategy
 
 
-@pytest.fixture
-def group():
-    """A gloo process group of one rank: every collective of the DDP strategy runs."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 class RecordingSampler(DistributedSampler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
