@@ -129,3 +129,21 @@ def pytest_sessionfinish(session, exitstatus):
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=1) + "\n")
+
+
+# --- Fixtures shared by the unit tests ----------------------------------------------------------------------
+# Here, not in tests/conftest.py: a second conftest module would take the name `conftest` in sys.modules, and
+# tests/test_inductor_cache.py imports this one by that name.
+
+
+@pytest.fixture
+def group():
+    """A gloo process group of one rank, in this process: every check and collective of a DDP or FSDP path
+    runs, with nothing to wait for; destroyed after the test, whatever it raised."""
+    import torch.distributed as dist  # here, not at the top: pytest's own start-up stays light
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -189,14 +189,14 @@ def test_uneven_inputs_under_join_finish_with_the_same_weights_on_every_rank(une
 
 
 def test_uneven_inputs_without_join_fail_on_every_rank_at_the_groups_timeout(uneven):
+    timed_out = f"Timed out waiting {UNEVEN_TIMEOUT * 1000}ms for recv operation to complete"
     for seen in uneven:
         assert seen["without_join"] is not None, "neither rank finishes"
-        assert seen["without_join_seconds"] >= UNEVEN_TIMEOUT - 0.5
-        assert seen["without_join"].startswith("RuntimeError: [")  # gloo's source file and line
-        assert (
-            f"Timed out waiting {UNEVEN_TIMEOUT * 1000}ms for recv operation to complete"
-            in seen["without_join"]
-        )
+        assert seen["without_join_seconds"] >= UNEVEN_TIMEOUT - 0.5, seen
+        assert seen["without_join"].startswith("RuntimeError: ["), seen  # gloo's source file and line
+        # the rank whose timeout fires second may instead find its peer gone (it left with os._exit)
+        assert timed_out in seen["without_join"] or "Connection closed by peer" in seen["without_join"], seen
+    assert any(timed_out in seen["without_join"] for seen in uneven), uneven
 
 
 def _debug_run(tmp_path, level: str) -> list[str]:
