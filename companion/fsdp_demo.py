@@ -61,7 +61,7 @@ from companion.perf import compare
 from companion.seeding import seed_everything
 from companion.strategy import current_strategy, shard_sizes
 
-__all__ = ["COMMUNICATION", "Shares", "bytes_of", "main", "measure_traffic", "traffic_of"]
+__all__ = ["COMMUNICATION", "Shares", "bytes_of", "in_bucket_order", "main", "measure_traffic", "traffic_of"]
 
 EPOCHS = 3  # of ddp_demo's training, sharded and compressed: ddp_demo keeps the weights after each epoch
 DTYPES = {"float": "float32", "double": "float64", "c10::BFloat16": "bfloat16", "c10::Half": "float16"}
@@ -112,6 +112,29 @@ def traffic_of(step: Callable[[], Any]) -> list[tuple[str, int]]:
     ]
 
 
+def in_bucket_order(traffic: Sequence[tuple[str, int]], sizes: Sequence[int]) -> list[tuple[str, int]]:
+    """:func:`traffic_of`'s all-reduces in the order DDP handed its buckets to the backend, ``sizes`` (the
+    elements of each bucket, as its communication hook saw them, in the order of its calls).
+
+    DDP hands its buckets over in a fixed order, the last layer's first; the profiler records each
+    all-reduce when the backend runs it, and gloo runs two at a time on its worker threads, so on a busy
+    machine its events can come in another order. Raises ``ValueError`` if the two do not pair up.
+    """
+    left = list(traffic)
+    ordered = []
+    for elements in sizes:
+        found = next((i for i, (_, n) in enumerate(left) if n == elements), None)
+        if found is None:
+            break
+        ordered.append(left.pop(found))
+    if left or len(ordered) != len(sizes):
+        raise ValueError(
+            f"the all-reduces the profiler recorded, {list(traffic)}, are not the buckets the hook handed over, "
+            f"{list(sizes)}: record both over the same step"
+        )
+    return ordered
+
+
 def bytes_of(traffic: Sequence[tuple[str, int]]) -> int:
     r"""The bytes of :func:`traffic_of`'s all-reduces: :math:`\sum_i n_i \cdot s_i`, for :math:`n_i`
     elements of a dtype of :math:`s_i` bytes each."""
@@ -149,7 +172,8 @@ def measure_traffic(steps: int = 10, rounds: int = 6, device: torch.device | str
     r"""DDP's communication for each of :data:`COMMUNICATION`, on this rank's batches of the digits.
 
     For each setting: ``all_reduces`` per step (counted by a communication hook over the timed steps),
-    ``traffic`` (:func:`traffic_of` one step: dtype and elements of each all-reduce) and ``bytes`` (its
+    ``traffic`` (:func:`traffic_of` one step: dtype and elements of each all-reduce, in the
+    order DDP handed them over, :func:`in_bucket_order`) and ``bytes`` (its
     size); and ``seconds``: per call of ``steps`` optimizer steps, in ``rounds`` interleaved rounds of
     :func:`~companion.perf.compare` (one untimed call of each first). Every rank must call it alike.
     """
@@ -174,7 +198,8 @@ def measure_traffic(steps: int = 10, rounds: int = 6, device: torch.device | str
 
         for _ in range(2):  # DDP sorts the gradients into its buckets anew after the first step
             step()
-        traffic = traffic_of(step)
+        handed = len(calls)
+        traffic = in_bucket_order(traffic_of(step), calls[handed:])
         results[name] = {"traffic": traffic, "bytes": bytes_of(traffic), "calls": calls}
         steppers[name] = lambda step=step: [step() for _ in range(steps)]
     before = {name: len(found["calls"]) for name, found in results.items()}

@@ -66,6 +66,25 @@ def test_traffic_of_records_every_all_reduce_with_its_dtype_and_elements_in_orde
     assert fsdp_demo.traffic_of(lambda: torch.ones(3).sum()) == []
 
 
+def test_in_bucket_order_puts_the_all_reduces_in_the_order_ddp_handed_them_over():
+    # gloo ran the third bucket's all-reduce before the second's (seen in a CI run): the hook's order wins
+    recorded = [("float32", 10), ("float32", 1280), ("float32", 8192), ("float32", 128)]
+    assert fsdp_demo.in_bucket_order(recorded, [10, 1280, 128, 8192]) == [
+        ("float32", 10),
+        ("float32", 1280),
+        ("float32", 128),
+        ("float32", 8192),
+    ]
+    assert fsdp_demo.in_bucket_order([("bfloat16", 9610)], [9610]) == [("bfloat16", 9610)]
+
+
+@pytest.mark.parametrize("sizes", [[10, 1280], [10, 1280, 128, 8192, 5], [10, 1280, 128, 7]])
+def test_in_bucket_order_refuses_all_reduces_that_are_not_the_hooks_buckets(sizes):
+    recorded = [("float32", 10), ("float32", 1280), ("float32", 8192), ("float32", 128)]
+    with pytest.raises(ValueError, match="are not the buckets the hook handed over"):
+        fsdp_demo.in_bucket_order(recorded, sizes)
+
+
 @pytest.mark.skipif(RECORDS_DTYPES, reason="this torch's profiler records the dtypes")
 def test_traffic_of_says_when_the_profiler_records_no_dtypes(group):
     with pytest.raises(RuntimeError, match=r"does not record \(its events have no input_dtypes\).*hook"):
