@@ -9,6 +9,8 @@ Measuring:
   change in the machine's load hits all of them alike; its :class:`Comparison` gives ratios as
   medians of per-round ratios, each with a distribution-free interval (:func:`median_interval`)
   and a verdict, as a :class:`SpeedInterval`: faster, slower, or no measurable difference;
+  :func:`compare_processes` does the same for whole processes run side by side, each in its own
+  environment (a preloaded memory allocator, other threads or kernels);
 - :func:`throughput` and :func:`loader_throughput` turn timings into samples per second;
 - :func:`split_epoch` splits an epoch into the time spent waiting for data and the time spent
   computing; :func:`top_operators` runs ``torch.profiler`` over a step and returns the operators
@@ -27,8 +29,14 @@ Imports run one way: this module uses :mod:`companion.checks`, :mod:`companion.d
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,6 +59,7 @@ __all__ = [
     "Verdict",
     "batch_size_of",
     "compare",
+    "compare_processes",
     "consume",
     "format_ratio",
     "format_seconds",
@@ -472,6 +481,104 @@ def compare(
         for name, fn in order if round_ % 2 == 0 else order[::-1]:
             seconds[name].append(_timed_run(fn, number, device, clock))
     return Comparison({name: tuple(s) for name, s in seconds.items()})
+
+
+def _environ_with(variables: Mapping[str, str | None]) -> dict[str, str]:
+    """This process's environment, updated by ``variables``; a value of ``None`` removes the variable."""
+    env = dict(os.environ)
+    for key, value in variables.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def _run_side_by_side(
+    command: list[str], environments: Mapping[str, Mapping[str, str | None]], timeout: float
+) -> dict[str, tuple[str, str, int]]:
+    """Start ``command`` once per environment, all at once; wait for each: ``(stdout, stderr, status)`` by name."""
+    running = {}
+    with contextlib.ExitStack() as files:  # files, not pipes: a chatty process never waits for a reader
+        for name, variables in environments.items():
+            out, err = (files.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2))
+            process = subprocess.Popen(command, env=_environ_with(variables), stdout=out, stderr=err)
+            running[name] = (process, out, err)
+        finished = {}
+        try:
+            for name, (process, out, err) in running.items():
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise RuntimeError(f"the process {name!r} ran past timeout={timeout} s") from None
+                out.seek(0)
+                err.seek(0)
+                finished[name] = (out.read(), err.read(), process.returncode)
+        finally:
+            for process, _, _ in running.values():
+                if process.poll() is None:  # after a timeout: no process outlives the call
+                    process.kill()
+                    process.wait()
+    return finished
+
+
+def _read_report(name: str, out: str, err: str, status: int) -> dict[str, Any]:
+    """The JSON object a process printed last, with its ``"seconds"``; a clear error if it failed or did not."""
+    if status != 0:
+        tail = "\n".join(err.strip().splitlines()[-5:])
+        raise RuntimeError(
+            f"the process {name!r} exited with status {status}; its last lines of stderr:\n{tail}"
+        )
+    lines = out.strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        report = None
+    if not isinstance(report, dict) or not isinstance(report.get("seconds"), list) or not report["seconds"]:
+        last = lines[-1] if lines else "(nothing)"
+        raise ValueError(
+            f"the process {name!r} must print, as its last line, a JSON object with 'seconds', its list "
+            f'of round times, e.g. print(json.dumps({{"seconds": rounds}})); it printed {last[:200]!r}'
+        )
+    return report
+
+
+def compare_processes(
+    script: str,
+    environments: Mapping[str, Mapping[str, str | None]],
+    *,
+    args: Sequence[str] = (),
+    timeout: float = 300,
+) -> tuple[Comparison, dict[str, dict[str, Any]]]:
+    """Run the Python source ``script`` once per environment, all processes *at the same time*, and
+    compare the rounds each one timed: what :func:`compare` does for functions, for settings that only
+    a new process can take (a preloaded memory allocator, ``OMP_NUM_THREADS``, ``ATEN_CPU_CAPABILITY``).
+
+    Each process runs ``python -c script *args`` in this process's environment updated by its entry
+    of ``environments`` (name -> variables; a value of ``None`` removes the variable, so
+    ``{"LD_PRELOAD": None}`` runs without a preloaded library). The script times its own rounds and
+    prints, as the last line of its output, a JSON object with ``"seconds"``: one time per round, as
+    many rounds in every process; anything else in the object is its report (a loss, a count).
+
+    Processes started together run side by side, under the same load in each round, so round
+    :math:`i`'s ratio :math:`t_{\text{a},i} / t_{\text{b},i}` is paired as :func:`compare`'s rounds are
+    (as long as they run at similar speeds): the :class:`Comparison` of their rounds gives the same
+    intervals and verdicts. Returns it, and each process's report by name.
+    """
+    if not isinstance(script, str) or not script.strip():
+        raise TypeError(f"script must be Python source as a str, got {type(script).__name__}")
+    if not isinstance(environments, Mapping) or len(environments) < 2:
+        raise ValueError(
+            "environments must be a dict of at least 2 names -> environment variables, e.g. "
+            "{'jemalloc': {'LD_PRELOAD': '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2'}, 'glibc': {'LD_PRELOAD': None}}"
+        )
+    finished = _run_side_by_side([sys.executable, "-c", script, *map(str, args)], environments, timeout)
+    reports = {name: _read_report(name, *result) for name, result in finished.items()}
+    rounds = {name: len(report["seconds"]) for name, report in reports.items()}
+    if len(set(rounds.values())) != 1:
+        raise ValueError(f"every process must time as many rounds, to pair them; they timed {rounds}")
+    seconds = {name: tuple(float(s) for s in report.pop("seconds")) for name, report in reports.items()}
+    return Comparison(seconds), reports
 
 
 # --- samples per second -------------------------------------------------------------------------------

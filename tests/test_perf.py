@@ -645,3 +645,68 @@ def test_saved_activation_bytes_refuses_what_it_cannot_use():
         perf.saved_activation_bytes(torch.ones(2))
     with pytest.raises(TypeError, match="exclude=model.parameters"):
         perf.saved_activation_bytes(lambda: None, exclude=torch.ones(2))
+
+
+# --- compare_processes: whole processes side by side, each in its environment ----------------------------
+
+# Each process reports the variable X as it saw it, after a line of other output. Both wait until both
+# have started (a file each in the folder given as argv[1]): the processes run at the same time, or
+# neither finishes.
+SIDE_BY_SIDE = """
+import json, os, pathlib, sys, time
+folder = pathlib.Path(sys.argv[1])
+(folder / os.environ["NAME"]).touch()
+deadline = time.monotonic() + 60
+while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("a line before the report")
+print(json.dumps({"seconds": [0.2, 0.4, 0.2], "x": os.environ.get("X"), "both": len(list(folder.iterdir()))}))
+"""
+
+
+def test_compare_processes_runs_each_environment_at_the_same_time_and_pairs_their_rounds(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("X", "this process's")
+    comparison, reports = perf.compare_processes(
+        SIDE_BY_SIDE,
+        {"set": {"NAME": "a", "X": "1"}, "removed": {"NAME": "b", "X": None}},
+        args=[tmp_path],
+        timeout=120,
+    )
+    assert reports == {"set": {"x": "1", "both": 2}, "removed": {"x": None, "both": 2}}
+    assert comparison.seconds == {"set": (0.2, 0.4, 0.2), "removed": (0.2, 0.4, 0.2)}
+    assert comparison.speedup("set", "removed") == 1.0
+
+
+def test_compare_processes_names_the_process_that_failed_with_its_stderr():
+    script = (
+        "import json, os, sys\n"
+        "if os.environ['WHAT'] == 'b':\n"
+        "    sys.exit('no ' + os.environ['WHAT'])\n"
+        "print(json.dumps({'seconds': [1.0]}))"
+    )
+    with pytest.raises(RuntimeError, match=r"the process 'b' exited with status 1;(.|\n)*no b"):
+        perf.compare_processes(script, {"a": {"WHAT": "a"}, "b": {"WHAT": "b"}})
+
+
+@pytest.mark.parametrize(
+    "printed", ["print('done')", "print('{\"loss\": 0.5}')", "print('{\"seconds\": []}')", "pass"]
+)
+def test_compare_processes_says_what_a_script_must_print(printed):
+    with pytest.raises(
+        ValueError, match=r"the process 'a' must print, as its last line, a JSON object with 'seconds'"
+    ):
+        perf.compare_processes(printed, {"a": {}, "b": {}})
+
+
+def test_compare_processes_refuses_unpaired_rounds_fewer_than_two_processes_and_a_runaway():
+    rounds = "import json, os; print(json.dumps({'seconds': [1.0] * int(os.environ['N'])}))"
+    with pytest.raises(ValueError, match=r"as many rounds, to pair them; they timed \{'a': 2, 'b': 3\}"):
+        perf.compare_processes(rounds, {"a": {"N": "2"}, "b": {"N": "3"}})
+    with pytest.raises(ValueError, match="at least 2 names"):
+        perf.compare_processes(rounds, {"a": {"N": "2"}})
+    with pytest.raises(TypeError, match="Python source as a str"):
+        perf.compare_processes(lambda: None, {"a": {}, "b": {}})
+    with pytest.raises(RuntimeError, match=r"the process 'a' ran past timeout=1 s"):
+        perf.compare_processes("import time; time.sleep(30)", {"a": {}, "b": {}}, timeout=1)
